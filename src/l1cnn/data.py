@@ -1,0 +1,616 @@
+"""Data sources (class folders, ``.npz`` arrays, the bundled digits) -> splits -> ``tf.data``.
+
+Knows nothing of the model. Every source ends up as a :class:`Dataset`: raw pixel arrays
+(uint8, or float32 in 0..255) shaped (N, H, W, C), labels in {0, 1} where 1 is the positive
+class, and a stable id per image (its relative path, or ``split:index`` for arrays) so that a
+run's split can be recorded and checked later.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+import zipfile
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from l1cnn.config import DataConfig
+from l1cnn.errors import DataError
+
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif"})
+SPLIT_NAMES = ("train", "val", "test")
+DEFAULT_FOLDER_IMAGE_SIZE = 64
+MAX_IMAGE_PIXELS = 40_000_000  # refuse larger declared sizes before decoding (decompression bombs)
+DIGITS = "digits"
+_GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+
+
+@dataclass
+class Split:
+    """One split's raw pixels, labels (1 = positive class) and image ids."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    ids: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def take(self, index: np.ndarray) -> Split:
+        """The sub-split at ``index``."""
+        return Split(self.images[index], self.labels[index], [self.ids[i] for i in index])
+
+
+@dataclass
+class Dataset:
+    """A loaded, split, validated data source."""
+
+    name: str
+    source: str
+    kind: str  # "folder", "npz" or "digits"
+    class_names: list[str]  # [negative, positive]
+    splits: dict[str, Split]
+    split_origin: dict[str, str]  # split -> "given" or "stratified"
+    skipped: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(height, width, channels) of every image."""
+        return tuple(self.splits["train"].images.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def positive_class(self) -> str:
+        return self.class_names[1]
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Images per split and class name."""
+        return {
+            name: {
+                self.class_names[0]: int((split.labels == 0).sum()),
+                self.class_names[1]: int((split.labels == 1).sum()),
+            }
+            for name, split in self.splits.items()
+        }
+
+    def fingerprint(self) -> str:
+        """sha256 of every split's ids, labels and pixels: changes when the data does."""
+        digest = hashlib.sha256()
+        for name in SPLIT_NAMES:
+            split = self.splits.get(name)
+            if split is None:
+                continue
+            digest.update(name.encode())
+            digest.update("\n".join(split.ids).encode("utf-8"))
+            digest.update(np.ascontiguousarray(split.labels, dtype=np.int64).tobytes())
+            digest.update(np.ascontiguousarray(split.images).tobytes())
+        return digest.hexdigest()
+
+    def summary(self) -> dict[str, Any]:
+        """Plain-data description stored in a run's ``data.json``."""
+        return {
+            "name": self.name,
+            "source": self.source,
+            "kind": self.kind,
+            "class_names": self.class_names,
+            "positive_class": self.positive_class,
+            "image_shape": list(self.image_shape),
+            "pixel_dtype": str(self.splits["train"].images.dtype),
+            "counts": self.counts(),
+            "split_origin": self.split_origin,
+            "fingerprint": self.fingerprint(),
+            "skipped_images": self.skipped,
+            "notes": self.notes,
+        }
+
+    def split_ids(self) -> dict[str, list[str]]:
+        """Image ids per split, stored in a run's ``split.json``."""
+        return {name: list(split.ids) for name, split in self.splits.items()}
+
+
+# --------------------------------------------------------------------------- images
+
+
+def _is_visible(name: str) -> bool:
+    return not name.startswith(".") and not name.startswith("__MACOSX")
+
+
+def is_image_file(path: Path) -> bool:
+    """An image by extension, not hidden (``.DS_Store``, ``._x.png`` are skipped)."""
+    return _is_visible(path.name) and path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def iter_image_files(folder: Path) -> list[Path]:
+    """Image files under ``folder``, recursively, sorted; hidden files and folders skipped.
+
+    Symlinked folders are not followed (so a symlink loop cannot hang the walk).
+    """
+
+    def fail(err: OSError) -> None:
+        raise DataError(f"folder '{err.filename}' cannot be read: {err.strerror}")
+
+    found = []
+    for root, dirs, files in os.walk(folder, onerror=fail, followlinks=False):
+        dirs[:] = sorted(d for d in dirs if _is_visible(d))
+        for name in files:
+            path = Path(root) / name
+            if is_image_file(path) and path.is_file():
+                found.append(path)
+    return sorted(found)
+
+
+def _open_image(path: Path) -> Any:
+    """Open an image header with Pillow, refusing huge declared sizes before decoding."""
+    from PIL import Image
+
+    try:
+        img = Image.open(path)
+    except FileNotFoundError:
+        raise DataError(f"'{path}': file does not exist") from None
+    except IsADirectoryError:
+        raise DataError(f"'{path}': is a folder, not an image") from None
+    except PermissionError:
+        raise DataError(f"'{path}': permission denied") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise DataError(f"'{path}': not a readable image ({exc})") from None
+    except Image.DecompressionBombError:
+        raise DataError(f"'{path}': declared size exceeds the pixel limit") from None
+    width, height = img.size
+    if width * height > MAX_IMAGE_PIXELS:
+        img.close()
+        raise DataError(
+            f"'{path}': declared size {width}x{height} exceeds the limit of "
+            f"{MAX_IMAGE_PIXELS:,} pixels (possible decompression bomb)"
+        )
+    if width == 0 or height == 0:
+        img.close()
+        raise DataError(f"'{path}': image has zero size")
+    return img
+
+
+def image_is_gray(path: Path) -> bool:
+    """Whether the image at ``path`` has a single (gray) channel, from its header alone."""
+    with _open_image(path) as img:
+        return img.mode in _GRAY_MODES
+
+
+def load_image(path: str | Path, image_size: tuple[int, int], channels: int) -> np.ndarray:
+    """Decode one image to uint8 (H, W, channels) at ``image_size`` = (height, width).
+
+    Handles 16-bit, palette (with transparency), CMYK and animated images (first frame).
+    Raises DataError naming the file when it cannot be decoded.
+    """
+    from PIL import Image
+
+    path = Path(path)
+    img = _open_image(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # palette-transparency notes etc.
+            img.seek(0)
+            img.load()
+            if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+                arr = np.asarray(img, dtype=np.float64)
+                top = 65535.0 if arr.max(initial=0) > 255 or img.mode.startswith("I;16") else 255.0
+                img = Image.fromarray(np.clip(arr * (255.0 / top), 0, 255).astype(np.uint8))
+            if img.mode in ("P", "PA", "LA", "RGBA") or "transparency" in img.info:
+                rgba = img.convert("RGBA")
+                background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+                img = Image.alpha_composite(background, rgba)
+            img = img.convert("L" if channels == 1 else "RGB")
+            height, width = image_size
+            if img.size != (width, height):
+                img = img.resize((width, height), Image.Resampling.BILINEAR)
+            arr = np.asarray(img, dtype=np.uint8)
+    except DataError:
+        raise
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise DataError(f"'{path}': truncated or corrupt image ({exc})") from None
+    finally:
+        img.close()
+    return arr.reshape(image_size[0], image_size[1], channels)
+
+
+def load_images(
+    paths: list[Path], image_size: tuple[int, int], channels: int, skip_bad: bool
+) -> tuple[np.ndarray, list[int], list[str]]:
+    """Decode many images in parallel threads.
+
+    Returns (images, indices of the paths that loaded, messages for those that did not). Without
+    ``skip_bad`` any failure raises one DataError listing the bad files.
+    """
+
+    def one(path: Path) -> np.ndarray | str:
+        try:
+            return load_image(path, image_size, channels)
+        except DataError as exc:
+            return str(exc)
+
+    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2) * 2)) as pool:
+        results = list(pool.map(one, paths))
+    good = [i for i, r in enumerate(results) if not isinstance(r, str)]
+    bad = [r for r in results if isinstance(r, str)]
+    if bad and not skip_bad:
+        shown = "; ".join(bad[:3]) + (f"; and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise DataError(
+            f"{len(bad)} bad image(s): {shown} (use --skip-bad-images to skip them)"
+        )
+    shape = (len(good), image_size[0], image_size[1], channels)
+    images = np.stack([results[i] for i in good]) if good else np.zeros(shape, np.uint8)
+    return images, good, bad
+
+
+# --------------------------------------------------------------------------- splitting
+
+
+def _stratified(split: Split, fraction: float, seed: int, what: str) -> tuple[Split, Split]:
+    """Split off ``fraction`` of ``split``, stratified by label, reproducibly with ``seed``."""
+    from sklearn.model_selection import train_test_split
+
+    counts = np.bincount(split.labels, minlength=2)
+    n_held = int(round(fraction * len(split)))
+    if counts.min() < 2 or n_held < 2 or len(split) - n_held < 2:
+        raise DataError(
+            f"too few images to make a {what} split ({counts[0]} and {counts[1]} per class); "
+            "add images or provide the split explicitly"
+        )
+    index = np.arange(len(split))
+    keep, held = train_test_split(
+        index, test_size=n_held, stratify=split.labels, random_state=seed, shuffle=True
+    )
+    return split.take(np.sort(keep)), split.take(np.sort(held))
+
+
+def make_splits(
+    given: dict[str, Split], config: DataConfig, seed: int, make_missing: bool = True
+) -> tuple[dict[str, Split], dict[str, str]]:
+    """Use the given splits; make missing val/test splits by stratified splitting of train."""
+    train = given["train"]
+    origin = {name: "given" for name in given}
+    if not make_missing:
+        return dict(given), origin
+    test = given.get("test")
+    val = given.get("val")
+    if test is None:
+        share = config.test_fraction if val is None else config.test_fraction / (
+            1 - config.val_fraction
+        )
+        train, test = _stratified(train, share, seed, "test")
+        origin["test"] = "stratified"
+    if val is None:
+        share = config.val_fraction / (1 - config.test_fraction)
+        train, val = _stratified(train, share, seed + 1, "validation")
+        origin["val"] = "stratified"
+    if "stratified" in (origin["val"], origin["test"]):
+        origin["train"] = "remainder"
+    return {"train": train, "val": val, "test": test}, origin
+
+
+def _check_labels(labels: np.ndarray, where: str, need_both: bool) -> np.ndarray:
+    if labels.size and not np.issubdtype(labels.dtype, np.number) and labels.dtype != bool:
+        raise DataError(f"{where}: labels must be numbers 0/1, got dtype {labels.dtype}")
+    values = labels.astype(np.float64)
+    if not np.all(np.isfinite(values)):
+        raise DataError(f"{where}: labels contain NaN or Inf")
+    bad = sorted(set(np.unique(values).tolist()) - {0.0, 1.0})
+    if bad:
+        raise DataError(f"{where}: labels must be 0 or 1, found {bad[:5]}")
+    labels = values.astype(np.int64)
+    if need_both and len(np.unique(labels)) < 2:
+        raise DataError(f"{where}: only one class present ({labels[0] if labels.size else '-'}); "
+                        "a binary classifier needs both")
+    return labels
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def _class_folders(folder: Path) -> list[Path]:
+    try:
+        entries = sorted(p for p in folder.iterdir() if p.is_dir() and _is_visible(p.name))
+    except PermissionError:
+        raise DataError(f"folder '{folder}' cannot be read: permission denied") from None
+    if len(entries) != 2:
+        names = ", ".join(p.name for p in entries) or "none"
+        raise DataError(
+            f"'{folder}' must hold exactly two class folders, found {len(entries)} ({names})"
+        )
+    return entries
+
+
+def _resolve_class_names(names: list[str], config: DataConfig) -> tuple[list[str], bool]:
+    """Order ``names`` as [negative, positive]; True when the source's order was flipped."""
+    names = sorted(names)
+    if config.positive_class is None:
+        return names, False
+    if config.positive_class not in names:
+        raise DataError(
+            f"positive class '{config.positive_class}' is not one of the classes {names}"
+        )
+    if config.positive_class == names[1]:
+        return names, False
+    return [names[1], names[0]], True
+
+
+def _load_folder(root: Path, config: DataConfig, seed: int, make_missing: bool = True) -> Dataset:
+    split_dirs = {n: root / n for n in SPLIT_NAMES if (root / n).is_dir()}
+    has_splits = "train" in split_dirs
+    layout = split_dirs if has_splits else {"train": root}
+    per_split_files: dict[str, list[tuple[Path, str]]] = {}
+    class_names: list[str] | None = None
+    for split_name, split_dir in layout.items():
+        classes = _class_folders(split_dir)
+        names = [c.name for c in classes]
+        if class_names is not None and names != class_names:
+            raise DataError(f"'{split_dir}' has classes {names}, but train has {class_names}")
+        class_names = names
+        files = []
+        for class_dir in classes:
+            class_files = iter_image_files(class_dir)
+            if not class_files:
+                raise DataError(f"class folder '{class_dir}' holds no images "
+                                f"({', '.join(sorted(IMAGE_EXTENSIONS))})")
+            files += [(p, class_dir.name) for p in class_files]
+        per_split_files[split_name] = files
+    assert class_names is not None
+    ordered, _ = _resolve_class_names(class_names, config)
+
+    all_paths = [p for files in per_split_files.values() for p, _ in files]
+    channels = config.channels
+    if channels is None:
+        gray_flags = []
+        for p in all_paths:
+            try:
+                gray_flags.append(image_is_gray(p))
+            except DataError:
+                gray_flags.append(True)  # reported when decoding
+        channels = 1 if all(gray_flags) else 3
+    side = config.image_size or DEFAULT_FOLDER_IMAGE_SIZE
+    size = (side, side)
+
+    splits: dict[str, Split] = {}
+    skipped: list[str] = []
+    for split_name, files in per_split_files.items():
+        paths = [p for p, _ in files]
+        images, good, bad = load_images(paths, size, channels, config.skip_bad_images)
+        skipped += bad
+        labels = np.array([1 if files[i][1] == ordered[1] else 0 for i in good], dtype=np.int64)
+        ids = [paths[i].relative_to(root).as_posix() for i in good]
+        splits[split_name] = Split(images, labels, ids)
+        _check_labels(labels, f"'{layout[split_name]}' after skipping bad images",
+                      need_both=split_name == "train")
+    notes = [f"skipped {len(skipped)} bad image(s)"] if skipped else []
+    final, origin = make_splits(splits, config, seed, make_missing)
+    return Dataset(root.name, str(root), "folder", ordered, final, origin, skipped, notes)
+
+
+def _as_nhwc(images: np.ndarray, where: str) -> np.ndarray:
+    if images.dtype == object or not (
+        np.issubdtype(images.dtype, np.number) or images.dtype == bool
+    ):
+        raise DataError(f"{where}: images must be numeric arrays, got dtype {images.dtype}")
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4:
+        raise DataError(f"{where}: images must have shape (N,H,W) or (N,H,W,C), got {images.shape}")
+    if images.shape[0] == 0:
+        raise DataError(f"{where}: no images (empty array)")
+    if images.shape[-1] not in (1, 3):
+        raise DataError(f"{where}: images must have 1 or 3 channels, got {images.shape[-1]}")
+    if np.issubdtype(images.dtype, np.floating):
+        if not np.all(np.isfinite(images)):
+            raise DataError(f"{where}: images contain NaN or Inf")
+        low, high = float(images.min()), float(images.max())
+        if low < 0 or high > 255:
+            raise DataError(
+                f"{where}: float pixel values must lie in [0, 1] or [0, 255], found "
+                f"[{low:.3g}, {high:.3g}]"
+            )
+        scale = 255.0 if high <= 1.0 else 1.0  # [0, 1] floats become 0..255 pixels
+        return (images.astype(np.float32) * scale).astype(np.float32)
+    if images.dtype == np.uint8:
+        return images
+    low, high = int(images.min()), int(images.max())
+    if low < 0 or high > 255:
+        raise DataError(f"{where}: integer pixel values must lie in 0..255, found {low}..{high}")
+    return images.astype(np.uint8)
+
+
+def _convert_arrays(images: np.ndarray, side: int | None, channels: int) -> np.ndarray:
+    """Resize to ``side`` x ``side`` and convert channels, as images from folders are."""
+    if images.shape[-1] != channels:
+        if channels == 3:
+            images = np.repeat(images, 3, axis=-1)
+        else:  # ITU-R 601 luma, as Pillow's convert("L")
+            luma = images.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+            images = luma[..., None].astype(images.dtype if images.dtype != np.uint8 else np.float32)
+            if images.dtype != np.uint8:
+                images = np.clip(np.round(images), 0, 255).astype(np.uint8)
+    if side is not None and images.shape[1:3] != (side, side):
+        import tensorflow as tf
+
+        resized = tf.image.resize(images.astype(np.float32), (side, side), method="bilinear")
+        images = np.clip(np.round(resized.numpy()), 0, 255).astype(np.uint8)
+    return images
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {key: npz[key] for key in npz.files}
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError, KeyError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "allow_pickle" in reason or "Object arrays" in reason:
+            reason = "it holds Python objects, which are not loaded for safety"
+        raise DataError(f"'{path}' is not a readable .npz array file: {reason}") from None
+
+
+def _load_npz(path: Path, config: DataConfig, seed: int, make_missing: bool = True) -> Dataset:
+    arrays = _read_npz(path)
+    given: dict[str, tuple[np.ndarray, np.ndarray, str]] = {}
+    if "train_images" in arrays:
+        for name in SPLIT_NAMES:
+            key_x, key_y = f"{name}_images", f"{name}_labels"
+            if key_x in arrays or key_y in arrays:
+                if key_x not in arrays or key_y not in arrays:
+                    raise DataError(f"'{path}': has {key_x if key_x in arrays else key_y} "
+                                    f"but not its partner")
+                given[name] = (arrays[key_x], arrays[key_y], name)
+    elif "x" in arrays and "y" in arrays:
+        given["train"] = (arrays["x"], arrays["y"], "x")
+    else:
+        raise DataError(
+            f"'{path}' must hold train_images/train_labels (MedMNIST style) or x/y arrays; "
+            f"found keys {sorted(arrays)}"
+        )
+    class_names = ["0", "1"]
+    if "class_names" in arrays:
+        raw = arrays["class_names"]
+        if raw.shape != (2,) or raw.dtype.kind not in "US":
+            raise DataError(f"'{path}': class_names must be an array of two strings")
+        class_names = [str(v) for v in raw]
+    ordered, flipped = _resolve_class_names(class_names, config)
+    source_order_flip = sorted(class_names) != class_names  # label 1 is class_names[1]
+
+    splits: dict[str, Split] = {}
+    channels = config.channels
+    nhwc = {}
+    for name, (images, labels, prefix) in given.items():
+        where = f"'{path}' [{name}]"
+        images = _as_nhwc(images, where)
+        if labels.size != images.shape[0]:
+            raise DataError(
+                f"{where}: {images.shape[0]} images but {labels.size} labels (shape "
+                f"{labels.shape}); they must have the same length"
+            )
+        y = _check_labels(labels.reshape(-1), where, need_both=name == "train")
+        if flipped != source_order_flip:
+            y = 1 - y
+        nhwc[name] = (images, y, prefix)
+    if channels is None:
+        channels = 1 if all(v[0].shape[-1] == 1 for v in nhwc.values()) else 3
+    shapes = {v[0].shape[1:3] for v in nhwc.values()}
+    if len(shapes) > 1 and config.image_size is None:
+        raise DataError(f"'{path}': splits have different image sizes {sorted(shapes)}; "
+                        "set data.image_size to resize them")
+    for name, (images, y, prefix) in nhwc.items():
+        images = _convert_arrays(images, config.image_size, channels)
+        ids = [f"{prefix}:{i}" for i in range(len(y))]
+        splits[name] = Split(images, y, ids)
+    final, origin = make_splits(splits, config, seed, make_missing)
+    return Dataset(path.stem, str(path), "npz", ordered, final, origin)
+
+
+def _load_digits(config: DataConfig, seed: int, make_missing: bool = True) -> Dataset:
+    """scikit-learn's 8x8 handwritten digits as even (0) vs odd (1)."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+    labels = (bunch.target % 2).astype(np.int64)
+    class_names = ["even", "odd"]
+    ordered, flipped = _resolve_class_names(class_names, config)
+    if flipped:
+        labels = 1 - labels
+    images = _convert_arrays(images, config.image_size, config.channels or 1)
+    full = Split(images, labels, [f"digits:{i}" for i in range(len(labels))])
+    final, origin = make_splits({"train": full}, config, seed, make_missing)
+    notes = ["scikit-learn's 8x8 digits (1,797 images); task: even vs odd"]
+    return Dataset(DIGITS, DIGITS, "digits", ordered, final, origin, notes=notes)
+
+
+def load_data(
+    source: str | Path, config: DataConfig, seed: int, make_missing_splits: bool = True
+) -> Dataset:
+    """Load, validate and split ``source``: ``"digits"``, a ``.npz`` file or a class folder.
+
+    With ``make_missing_splits=False`` only the source's own splits are returned (a source
+    without splits comes back as one "train" split), as ``evaluate --data`` needs.
+    Raises DataError with a message naming the file and the problem.
+    """
+    if str(source) == DIGITS:
+        return _load_digits(config, seed, make_missing_splits)
+    path = Path(source)
+    if not path.exists():
+        raise DataError(f"data path '{path}' does not exist")
+    if path.is_dir():
+        return _load_folder(path, config, seed, make_missing_splits)
+    if path.suffix.lower() == ".npz":
+        return _load_npz(path, config, seed, make_missing_splits)
+    raise DataError(
+        f"'{path}' is neither a folder of class folders, a .npz file, nor '{DIGITS}'"
+    )
+
+
+# --------------------------------------------------------------------------- inference inputs
+
+
+def iter_predict_inputs(
+    inputs: Iterable[str | Path],
+) -> Iterator[tuple[str, Path | np.ndarray]]:
+    """Expand files, folders (recursively) and ``.npz`` files into (id, path-or-pixels) items."""
+    for item in inputs:
+        path = Path(item)
+        if not path.exists():
+            raise DataError(f"input '{path}' does not exist")
+        if path.is_dir():
+            files = iter_image_files(path)
+            if not files:
+                raise DataError(f"folder '{path}' holds no images")
+            for file in files:
+                yield str(file), file
+        elif path.suffix.lower() == ".npz":
+            arrays = _read_npz(path)
+            key = next((k for k in ("test_images", "x", "images") if k in arrays), None)
+            if key is None:
+                raise DataError(f"'{path}' has no test_images, x or images array; "
+                                f"found {sorted(arrays)}")
+            images = _as_nhwc(arrays[key], f"'{path}' [{key}]")
+            for i in range(images.shape[0]):
+                yield f"{path}:{key}:{i}", images[i]
+        else:
+            yield str(path), path
+
+
+# --------------------------------------------------------------------------- tf.data
+
+
+def class_weights(labels: np.ndarray, mode: str) -> dict[int, float] | None:
+    """Inverse-frequency weights per class (``balanced``), as scikit-learn computes them."""
+    if mode == "none":
+        return None
+    counts = np.bincount(labels, minlength=2).astype(np.float64)
+    return {c: float(len(labels) / (2 * counts[c])) for c in (0, 1)}
+
+
+def make_tf_dataset(
+    split: Split,
+    batch_size: int,
+    shuffle: bool = False,
+    seed: int = 0,
+    weights: dict[int, float] | None = None,
+) -> Any:
+    """A batched, prefetched ``tf.data.Dataset`` of (pixels float32, label float32, weight)."""
+    import tensorflow as tf
+
+    labels = split.labels.astype(np.float32)
+    sample_w = (
+        np.where(split.labels == 1, weights[1], weights[0]).astype(np.float32)
+        if weights
+        else np.ones_like(labels)
+    )
+    ds = tf.data.Dataset.from_tensor_slices((split.images, labels, sample_w))
+    ds = ds.cache()
+    if shuffle:
+        ds = ds.shuffle(len(split), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size)
+    ds = ds.map(
+        lambda x, y, w: (tf.cast(x, tf.float32), y, w), num_parallel_calls=tf.data.AUTOTUNE
+    )
+    return ds.prefetch(tf.data.AUTOTUNE)

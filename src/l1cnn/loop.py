@@ -1,0 +1,216 @@
+"""Our own training loop: the step, the epoch loop and early stopping, owned by us.
+
+``model.fit`` cannot run under ``MultiWorkerMirroredStrategy`` with Keras 3, while a step of our
+own through ``strategy.run`` can; so the step (``make_train_step``), the loss and the
+early-stopping logic are plain code callable from any driver. The step is the only
+backend-specific part (``tf.GradientTape``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import keras
+import numpy as np
+
+from l1cnn import losses
+from l1cnn.model import regularized_kernels
+
+PROGRESS_METRICS = ("loss", "l1_penalty", "accuracy", "val_loss", "val_accuracy")
+
+
+@dataclass
+class EarlyStopping:
+    """Stop when ``monitor`` has not improved for ``patience`` epochs; keep the best weights.
+
+    Plain state, no Keras callback: the loop calls :meth:`update` after each epoch.
+    """
+
+    monitor: str = "val_loss"
+    patience: int = 5
+    restore_best_weights: bool = True
+    min_delta: float = 0.0
+    best: float = math.inf
+    best_epoch: int = 0
+    wait: int = 0
+    best_weights: list[np.ndarray] | None = field(default=None, repr=False)
+
+    def update(self, epoch: int, logs: dict[str, float], model: keras.Model) -> bool:
+        """Record epoch ``epoch`` (1-based); return True when training should stop."""
+        value = logs[self.monitor]
+        if value < self.best - self.min_delta:
+            self.best, self.best_epoch, self.wait = value, epoch, 0
+            if self.restore_best_weights:
+                self.best_weights = model.get_weights()
+            return False
+        self.wait += 1
+        return self.wait > self.patience
+
+    def restore(self, model: keras.Model) -> bool:
+        """Put the best weights back into ``model``; False when there are none."""
+        if self.restore_best_weights and self.best_weights is not None:
+            model.set_weights(self.best_weights)
+            return True
+        return False
+
+
+@dataclass
+class StepSettings:
+    """What one training step needs besides the model and optimizer."""
+
+    l1_lambda: float
+    l1_mode: str  # "penalty" or "proximal"
+    learning_rate: float
+
+
+def make_train_step(
+    model: keras.Model, optimizer: keras.optimizers.Optimizer, settings: StepSettings
+) -> Callable[[Any, Any, Any], tuple[Any, Any, Any, Any]]:
+    """A compiled step: (pixels, labels, weights) -> (loss, data_loss, l1_penalty, n_correct).
+
+    In penalty mode the gradient includes the L1 term; in proximal mode the step takes a plain
+    gradient step on the data loss and then soft-thresholds the kernels by lr * l1_lambda.
+    """
+    import tensorflow as tf
+
+    kernels = regularized_kernels(model)
+    penalize = settings.l1_mode == "penalty" and settings.l1_lambda > 0
+    proximal = settings.l1_mode == "proximal" and settings.l1_lambda > 0
+    threshold = settings.learning_rate * settings.l1_lambda
+
+    pixels = tf.TensorSpec([None, *model.input_shape[1:]], tf.float32)
+    vector = tf.TensorSpec([None], tf.float32)
+
+    @tf.function(input_signature=[pixels, vector, vector])
+    def step(x: Any, y: Any, w: Any) -> tuple[Any, Any, Any, Any]:
+        with tf.GradientTape() as tape:
+            prob = model(x, training=True)
+            fit_loss = losses.data_loss(y, prob, w)
+            penalty = losses.l1_penalty(kernels, settings.l1_lambda)
+            objective = fit_loss + penalty if penalize else fit_loss
+        grads = tape.gradient(objective, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+        if proximal:
+            losses.soft_threshold(kernels, threshold)
+        correct = tf.reduce_sum(
+            tf.cast(tf.equal(tf.cast(tf.reshape(prob, [-1]) > 0.5, tf.float32), y), tf.float32)
+        )
+        return fit_loss + penalty, fit_loss, penalty, correct
+
+    return step
+
+
+def make_predict_fn(model: keras.Model) -> Callable[[Any], np.ndarray]:
+    """A compiled inference function: pixels (N, H, W, C) -> positive-class probabilities (N,)."""
+    import tensorflow as tf
+
+    @tf.function(input_signature=[tf.TensorSpec([None, *model.input_shape[1:]], tf.float32)])
+    def forward(x: Any) -> Any:
+        return tf.reshape(model(x, training=False), [-1])
+
+    def predict(x: Any) -> np.ndarray:
+        return forward(tf.cast(x, tf.float32)).numpy()
+
+    return predict
+
+
+def predict_dataset(predict: Callable[[Any], np.ndarray], dataset: Any) -> np.ndarray:
+    """Probabilities for every batch of a ``tf.data`` dataset of (x, ...) tuples."""
+    out = [predict(batch[0]) for batch in dataset]
+    return np.concatenate(out) if out else np.zeros((0,), np.float32)
+
+
+@dataclass
+class FitResult:
+    """What the epoch loop did."""
+
+    history: list[dict[str, float]]
+    status: str  # "early_stopped", "completed", "interrupted" or "diverged"
+    best_epoch: int
+    epochs_run: int
+    message: str = ""
+
+
+def fit(
+    model: keras.Model,
+    optimizer: keras.optimizers.Optimizer,
+    train_ds: Any,
+    val_ds: Any,
+    val_labels: np.ndarray,
+    settings: StepSettings,
+    epochs: int,
+    early_stopping: EarlyStopping | None,
+    verbose: bool = True,
+    on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+) -> FitResult:
+    """Train for up to ``epochs`` epochs, with early stopping on validation loss.
+
+    Ctrl-C ends training cleanly (status "interrupted"); a non-finite loss ends it with status
+    "diverged". In both cases, and after early stopping, the best weights are restored.
+    """
+    step = make_train_step(model, optimizer, settings)
+    predict = make_predict_fn(model)
+    kernels = regularized_kernels(model)
+    history: list[dict[str, float]] = []
+    status, message = "completed", ""
+    n_batches = int(train_ds.cardinality().numpy())
+    last_good: list[np.ndarray] | None = None
+    tracker = early_stopping or EarlyStopping(patience=epochs, restore_best_weights=False)
+    try:
+        for epoch in range(1, epochs + 1):
+            started = time.perf_counter()
+            bar = keras.utils.Progbar(n_batches, verbose=1 if verbose else 0,
+                                      stateful_metrics=[*PROGRESS_METRICS])
+            if verbose:
+                print(f"Epoch {epoch}/{epochs}")
+            sums = np.zeros(4)
+            seen = 0
+            for i, (x, y, w) in enumerate(train_ds, start=1):
+                loss, fit_loss, penalty, correct = step(x, y, w)
+                batch = int(y.shape[0])
+                sums += [float(loss) * batch, float(fit_loss) * batch, float(penalty) * batch,
+                         float(correct)]
+                seen += batch
+                if i < n_batches:
+                    bar.update(i, [("loss", sums[0] / seen), ("accuracy", sums[3] / seen)])
+            val_prob = predict_dataset(predict, val_ds)
+            val_data = float(losses.data_loss(val_labels, val_prob))
+            penalty_now = float(losses.l1_penalty(kernels, settings.l1_lambda))
+            logs = {
+                "epoch": epoch,
+                "loss": sums[0] / seen,
+                "data_loss": sums[1] / seen,
+                "l1_penalty": sums[2] / seen,
+                "accuracy": sums[3] / seen,
+                "val_loss": val_data + penalty_now,
+                "val_data_loss": val_data,
+                "val_accuracy": float(np.mean((val_prob > 0.5) == (val_labels == 1))),
+                "seconds": time.perf_counter() - started,
+            }
+            if not all(math.isfinite(v) for v in logs.values()):
+                status = "diverged"
+                message = f"the loss became NaN or infinite in epoch {epoch}"
+                break
+            history.append(logs)
+            if early_stopping is None:
+                last_good = model.get_weights()
+            bar.update(n_batches, [(k, logs[k]) for k in PROGRESS_METRICS], finalize=True)
+            stop = tracker.update(epoch, logs, model)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, logs)
+            if stop and early_stopping is not None:
+                status = "early_stopped"
+                break
+    except KeyboardInterrupt:
+        status = "interrupted"
+        message = f"interrupted by the user after {len(history)} finished epoch(s)"
+    if early_stopping is not None:
+        early_stopping.restore(model)
+    elif status == "diverged" and last_good is not None:
+        model.set_weights(last_good)
+    best_epoch = tracker.best_epoch if early_stopping is not None else len(history)
+    return FitResult(history, status, best_epoch, len(history), message)

@@ -1,0 +1,70 @@
+"""The network: ``build_model(ModelConfig, input_shape) -> keras.Model``; pure, no I/O.
+
+Written with ``keras`` layers only, so it runs on any Keras 3 backend. Pixel scaling is the
+first layer, so a saved model takes raw 0..255 pixels.
+"""
+
+from __future__ import annotations
+
+import keras
+
+from l1cnn.config import ModelConfig
+from l1cnn.errors import ConfigError
+
+
+def smallest_input_size(config: ModelConfig) -> int:
+    """The smallest image side the conv and pooling stack accepts."""
+    return len(config.conv_filters) * (config.kernel_size - 1) + config.pool_size
+
+
+def build_model(config: ModelConfig, input_shape: tuple[int, int, int]) -> keras.Model:
+    """Build the (uncompiled) classifier for images of ``input_shape`` = (height, width, channels).
+
+    Conv2D(32,3,relu) -> Conv2D(64,3,relu) -> MaxPool(2) -> Dropout -> Flatten -> Dense(64,relu)
+    -> Dropout -> Dense(1,sigmoid) by default, with an L1 kernel regularizer on every Conv2D and
+    Dense layer. In ``l1_mode="proximal"`` the layers carry no penalty; the training loop
+    soft-thresholds their kernels instead (see ``l1cnn.train``).
+    """
+    height, width, _channels = input_shape
+    need = smallest_input_size(config)
+    if min(height, width) < need:
+        raise ConfigError(
+            f"images of {height}x{width} are too small for this network (needs at least "
+            f"{need}x{need}); raise data.image_size"
+        )
+
+    def regularizer() -> keras.regularizers.Regularizer | None:
+        if config.l1_mode == "penalty" and config.l1_lambda > 0:
+            return keras.regularizers.L1(config.l1_lambda)
+        return None
+
+    inputs = keras.Input(shape=input_shape, name="pixels")
+    x = keras.layers.Rescaling(1.0 / 255, name="rescale")(inputs)
+    for i, filters in enumerate(config.conv_filters, start=1):
+        x = keras.layers.Conv2D(
+            filters,
+            config.kernel_size,
+            activation="relu",
+            kernel_regularizer=regularizer(),
+            name=f"conv{i}",
+        )(x)
+    x = keras.layers.MaxPooling2D(config.pool_size, name="pool")(x)
+    x = keras.layers.Dropout(config.dropout_rate, name="dropout1")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    x = keras.layers.Dense(
+        config.dense_units, activation="relu", kernel_regularizer=regularizer(), name="dense"
+    )(x)
+    x = keras.layers.Dropout(config.dropout_rate, name="dropout2")(x)
+    outputs = keras.layers.Dense(
+        1, activation="sigmoid", kernel_regularizer=regularizer(), name="output"
+    )(x)
+    return keras.Model(inputs, outputs, name="l1cnn")
+
+
+def regularized_kernels(model: keras.Model) -> list[keras.Variable]:
+    """The kernels L1 applies to: every Conv2D and Dense layer's kernel."""
+    return [
+        layer.kernel
+        for layer in model.layers
+        if isinstance(layer, keras.layers.Conv2D | keras.layers.Dense)
+    ]

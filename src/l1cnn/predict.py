@@ -1,0 +1,171 @@
+"""Use a saved run: ``predict`` on new images and ``evaluate_run`` on its test split or other data.
+
+Images are preprocessed exactly as in training (``data.load_image``) and processed in chunks,
+so thousands of images run without memory growth.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import keras
+
+from l1cnn.data import (
+    Dataset,
+    Split,
+    iter_predict_inputs,
+    load_data,
+    load_images,
+    make_tf_dataset,
+)
+from l1cnn.errors import DataError
+from l1cnn.evaluate import compute_metrics
+from l1cnn.loop import make_predict_fn, predict_dataset
+from l1cnn.runs import Run, load_run
+
+CHUNK = 512
+
+
+def predict_split(model: keras.Model, split: Split) -> np.ndarray:
+    """Probabilities for every image of a split."""
+    return predict_dataset(make_predict_fn(model), make_tf_dataset(split, CHUNK))
+
+
+@dataclass
+class Prediction:
+    """One image's answer."""
+
+    id: str
+    probability: float
+    predicted_class: str
+
+
+@dataclass
+class PredictResult:
+    """Predictions in input order, and the inputs that were skipped as unreadable."""
+
+    predictions: list[Prediction]
+    skipped: list[str] = field(default_factory=list)
+    threshold: float = 0.5
+
+
+def _as_run(run: Run | str | Path) -> Run:
+    return run if isinstance(run, Run) else load_run(run)
+
+
+def _chunks(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _pixels_like_run(pixels: np.ndarray, shape: tuple[int, int, int], where: str) -> np.ndarray:
+    """Array inputs must already have the run's image shape (they are not resized)."""
+    if pixels.shape != shape:
+        raise DataError(f"{where}: image shape {pixels.shape} differs from the model's {shape}")
+    return pixels
+
+
+def predict(
+    run: Run | str | Path,
+    inputs: Iterable[str | Path],
+    skip_bad_images: bool = False,
+    threshold: float | None = None,
+) -> PredictResult:
+    """Positive-class probabilities and class names for image files, folders or ``.npz`` files.
+
+    Args:
+        run: a Run or its folder.
+        inputs: image files, folders (searched recursively) and ``.npz`` files.
+        skip_bad_images: skip unreadable images (listed in ``skipped``) instead of failing.
+        threshold: override the run's decision threshold.
+    """
+    run = _as_run(run)
+    height, width, channels = run.image_shape
+    cut = run.threshold if threshold is None else threshold
+    names = run.class_names
+    forward = make_predict_fn(run.model)
+    out: list[Prediction] = []
+    skipped: list[str] = []
+    for chunk in _chunks(iter_predict_inputs(inputs), CHUNK):
+        ids = [item_id for item_id, _ in chunk]
+        files = [(i, src) for i, (_, src) in enumerate(chunk) if isinstance(src, Path)]
+        batch: list[np.ndarray | None] = [None] * len(chunk)
+        for i, (item_id, src) in enumerate(chunk):
+            if not isinstance(src, Path):
+                batch[i] = _pixels_like_run(src, (height, width, channels), item_id)
+        if files:
+            images, good, bad = load_images([p for _, p in files], (height, width), channels,
+                                            skip_bad_images)
+            skipped += bad
+            for k, g in enumerate(good):
+                batch[files[g][0]] = images[k]
+        keep = [i for i, b in enumerate(batch) if b is not None]
+        if not keep:
+            continue
+        probs = forward(np.stack([batch[i] for i in keep]).astype(np.float32))
+        for i, p in zip(keep, probs, strict=True):
+            out.append(Prediction(ids[i], float(p), names[int(p >= cut)]))
+    return PredictResult(out, skipped, cut)
+
+
+def reload_run_data(run: Run) -> Dataset:
+    """The run's own data and split, reloaded and checked against the recorded fingerprint."""
+    dataset = load_data(run.info["source"], run.config.data, run.config.train.seed)
+    if dataset.fingerprint() != run.data["fingerprint"]:
+        raise DataError(
+            f"the data at '{run.info['source']}' has changed since run '{run.path}' was trained "
+            "(fingerprint differs); pass --data to evaluate on it anyway"
+        )
+    return dataset
+
+
+def load_other_data(run: Run, source: str | Path) -> tuple[Split, str]:
+    """Images of ``source`` prepared like the run's: its test split if it has one, else all."""
+    data_config = replace(run.config.data, val_fraction=0.15, test_fraction=0.15)
+    dataset = load_data(source, data_config, run.config.train.seed, make_missing_splits=False)
+    if dataset.kind == "folder" and sorted(dataset.class_names) != sorted(run.class_names):
+        raise DataError(
+            f"'{source}' has classes {sorted(dataset.class_names)}, the run was trained on "
+            f"{sorted(run.class_names)}"
+        )
+    if dataset.image_shape != run.image_shape:
+        raise DataError(
+            f"'{source}' has images of shape {dataset.image_shape}, the model takes "
+            f"{run.image_shape}; set matching image_size/channels"
+        )
+    if "test" in dataset.splits:
+        return dataset.splits["test"], "test split"
+    parts = list(dataset.splits.values())
+    merged = Split(
+        np.concatenate([p.images for p in parts]),
+        np.concatenate([p.labels for p in parts]),
+        [i for p in parts for i in p.ids],
+    )
+    return merged, "all images"
+
+
+def evaluate_run(
+    run: Run | str | Path, data: str | Path | None = None, threshold: float | None = None
+) -> dict[str, Any]:
+    """Metrics of a saved run on its own test split (default) or on the images of ``data``."""
+    run = _as_run(run)
+    if data is None:
+        split, what, source = reload_run_data(run).splits["test"], "test split", run.info["source"]
+    else:
+        (split, what), source = load_other_data(run, data), str(data)
+    probs = predict_split(run.model, split)
+    cut = run.threshold if threshold is None else threshold
+    metrics = compute_metrics(split.labels, probs, cut)
+    metrics.update(source=source, evaluated_on=what)
+    return metrics

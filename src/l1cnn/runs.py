@@ -1,0 +1,244 @@
+"""Run folders: create, write atomically, read back; seeding and version records.
+
+A run folder holds everything needed to use and reproduce a run (see ``docs/run-folder.md``).
+Every file is written to a temporary name and renamed, so a kill leaves the old file or the new
+one, never half of one.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+import os
+import platform
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from l1cnn.config import Config, config_from_dict, read_toml
+from l1cnn.errors import ConfigError, ModelError, RunError
+
+CONFIG_FILE = "config.toml"
+MODEL_FILE = "model.keras"
+RUN_FILE = "run.json"
+DATA_FILE = "data.json"
+SPLIT_FILE = "split.json"
+HISTORY_FILE = "history.csv"
+METRICS_FILE = "metrics.json"
+PREDICTIONS_FILE = "predictions.csv"
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder, then rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Text version of :func:`atomic_write_bytes` (UTF-8)."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write ``obj`` as indented JSON, atomically."""
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def write_csv(path: str | Path, rows: list[dict[str, Any]], fieldnames: list[str]) -> None:
+    """Write dict rows as CSV, atomically."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fieldnames, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+def read_json(path: str | Path) -> Any:
+    """Read a JSON file written by this module."""
+    with Path(path).open(encoding="utf-8") as f:
+        return json.load(f)
+
+
+def read_csv(path: str | Path) -> list[dict[str, str]]:
+    """Read a CSV file into dict rows (values stay strings)."""
+    with Path(path).open(encoding="utf-8", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def save_model_atomic(model: Any, path: str | Path) -> None:
+    """Save a Keras model to ``path`` (.keras) through a temporary file and a rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".keras")
+    os.close(fd)
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def default_run_dir(source_name: str, root: str | Path = "runs") -> Path:
+    """``runs/<source>-<YYYYmmdd-HHMMSS>``: a fresh name for a run."""
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path(root) / f"{source_name}-{stamp}"
+
+
+def prepare_run_dir(path: str | Path, overwrite: bool) -> Path:
+    """Check that ``path`` can become a run folder, without creating it yet.
+
+    Refuses an existing non-empty folder unless ``overwrite`` (and then only one that is a run),
+    and a parent that cannot be written.
+    """
+    path = Path(path)
+    if path.exists():
+        if not path.is_dir():
+            raise RunError(f"output '{path}' exists and is not a folder")
+        if any(path.iterdir()):
+            if not overwrite:
+                raise RunError(f"run folder '{path}' already exists; use --overwrite to replace it")
+            if not (path / RUN_FILE).exists():
+                raise RunError(f"refusing to overwrite '{path}': it is not a run folder")
+    parent = path.parent if not path.exists() else path
+    while not parent.exists():
+        parent = parent.parent
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise RunError(f"output folder '{path}' cannot be written (no permission on '{parent}')")
+    return path
+
+
+def create_run_dir(path: str | Path, overwrite: bool) -> Path:
+    """Create the run folder (emptying an old run when ``overwrite``)."""
+    path = prepare_run_dir(path, overwrite)
+    try:
+        if path.exists() and overwrite and (path / RUN_FILE).exists():
+            shutil.rmtree(path)
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunError(f"output folder '{path}' cannot be created: {exc.strerror}") from None
+    return path
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, NumPy and the backend, and make TensorFlow ops deterministic on CPU."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of everything that can change a result."""
+    import keras
+    import numpy
+    import sklearn
+
+    from l1cnn import __version__
+
+    versions = {
+        "l1cnn": __version__,
+        "python": platform.python_version(),
+        "keras": keras.__version__,
+        "keras_backend": keras.backend.backend(),
+        "numpy": numpy.__version__,
+        "scikit-learn": sklearn.__version__,
+        "platform": platform.platform(),
+    }
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        versions["tensorflow"] = tf.__version__
+    return versions
+
+
+@dataclass
+class Run:
+    """A finished (or interrupted) run read back from its folder."""
+
+    path: Path
+    config: Config
+    info: dict[str, Any]
+    data: dict[str, Any]
+    metrics: dict[str, Any]
+    model: Any
+
+    @property
+    def class_names(self) -> list[str]:
+        """[negative, positive] class names."""
+        return list(self.data["class_names"])
+
+    @property
+    def threshold(self) -> float:
+        """The decision threshold chosen for this run."""
+        return float(self.metrics["threshold"]["value"])
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(height, width, channels) the model takes."""
+        return tuple(self.data["image_shape"])  # type: ignore[return-value]
+
+
+def read_run_config(path: str | Path) -> Config:
+    """The resolved config a run was trained with."""
+    try:
+        return config_from_dict(read_toml(Path(path) / CONFIG_FILE))
+    except ConfigError as exc:
+        raise RunError(f"run '{path}' has a bad config: {exc}") from None
+
+
+def check_is_run(path: str | Path) -> Path:
+    """Refuse a path that is not a finished run folder, naming what is missing."""
+    path = Path(path)
+    if not path.exists():
+        raise RunError(f"run folder '{path}' does not exist")
+    if not path.is_dir():
+        raise RunError(f"'{path}' is not a run folder (it is a file)")
+    missing = [
+        name
+        for name in (CONFIG_FILE, RUN_FILE, DATA_FILE, METRICS_FILE, MODEL_FILE)
+        if not (path / name).exists()
+    ]
+    if missing:
+        raise RunError(f"'{path}' is not a finished l1cnn run (missing {', '.join(missing)})")
+    return path
+
+
+def load_model_file(path: str | Path) -> Any:
+    """Load a ``.keras`` model with Keras' safe mode on (no arbitrary code is run)."""
+    import keras
+
+    try:
+        return keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as exc:  # Keras raises many types here; all mean "unusable file"
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"model file '{path}' cannot be loaded safely: {first_line}") from None
+
+
+def load_run(path: str | Path) -> Run:
+    """Read a run folder back: config, records and the model (best weights)."""
+    path = check_is_run(path)
+    try:
+        info = read_json(path / RUN_FILE)
+        data = read_json(path / DATA_FILE)
+        metrics = read_json(path / METRICS_FILE)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise RunError(f"run '{path}' has an unreadable record: {exc}") from None
+    config = read_run_config(path)
+    model = load_model_file(path / MODEL_FILE)
+    return Run(path=path, config=config, info=info, data=data, metrics=metrics, model=model)
