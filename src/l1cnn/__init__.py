@@ -1,48 +1,50 @@
-"""l1cnn: train, evaluate, explain and ship a small L1-regularized CNN for binary images.
+"""l1cnn: train, evaluate, explain and ship a small L1-regularized CNN for binary images."""
 
-The public API is imported lazily, so ``l1cnn --help`` and config handling do not load
-TensorFlow.
-"""
+import os
 
-from __future__ import annotations
-
-import importlib
-from typing import Any
+# TensorFlow's C++ start-up chatter (CUDA probing on CPU machines) hides our own messages;
+# silence it unless the user has chosen a level.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 __version__ = "0.1.0"
 
-_EXPORTS = {
-    "Config": "l1cnn.config",
-    "DataConfig": "l1cnn.config",
-    "ModelConfig": "l1cnn.config",
-    "TrainConfig": "l1cnn.config",
-    "load_config": "l1cnn.config",
-    "L1CNNError": "l1cnn.errors",
-    "ConfigError": "l1cnn.errors",
-    "DataError": "l1cnn.errors",
-    "ModelError": "l1cnn.errors",
-    "RunError": "l1cnn.errors",
-    "TrainingError": "l1cnn.errors",
-    "Dataset": "l1cnn.data",
-    "load_data": "l1cnn.data",
-    "build_model": "l1cnn.model",
-    "compute_metrics": "l1cnn.evaluate",
-    "Run": "l1cnn.runs",
-    "load_run": "l1cnn.runs",
-    "train": "l1cnn.train",
-    "TrainResult": "l1cnn.train",
-    "predict": "l1cnn.predict",
-    "evaluate_run": "l1cnn.predict",
-}
+from l1cnn.config import Config, DataConfig, ModelConfig, TrainConfig, load_config  # noqa: E402
+from l1cnn.data import Dataset, load_data  # noqa: E402
+from l1cnn.errors import (  # noqa: E402
+    ConfigError,
+    DataError,
+    L1CNNError,
+    ModelError,
+    RunError,
+    TrainingError,
+)
+from l1cnn.evaluate import compute_metrics  # noqa: E402
+from l1cnn.model import build_model  # noqa: E402
+from l1cnn.predict import evaluate_run, predict  # noqa: E402
+from l1cnn.runs import Run, load_run  # noqa: E402
+from l1cnn.train import TrainResult, train  # noqa: E402
 
-__all__ = ["__version__", *_EXPORTS]
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'l1cnn' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__all__ = [
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "DataError",
+    "Dataset",
+    "L1CNNError",
+    "ModelConfig",
+    "ModelError",
+    "Run",
+    "RunError",
+    "TrainConfig",
+    "TrainResult",
+    "TrainingError",
+    "__version__",
+    "build_model",
+    "compute_metrics",
+    "evaluate_run",
+    "load_config",
+    "load_data",
+    "load_run",
+    "predict",
+    "train",
+]

@@ -261,8 +261,11 @@ def _stratified(split: Split, fraction: float, seed: int, what: str) -> tuple[Sp
             "add images or provide the split explicitly"
         )
     index = np.arange(len(split))
+    # Stratify on labels relative to the first image's, so choosing the other class as positive
+    # (which flips every label) gives the same split.
+    strata = split.labels ^ split.labels[0]
     keep, held = train_test_split(
-        index, test_size=n_held, stratify=split.labels, random_state=seed, shuffle=True
+        index, test_size=n_held, stratify=strata, random_state=seed, shuffle=True
     )
     return split.take(np.sort(keep)), split.take(np.sort(held))
 

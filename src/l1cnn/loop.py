@@ -48,7 +48,7 @@ class EarlyStopping:
                 self.best_weights = model.get_weights()
             return False
         self.wait += 1
-        return self.wait > self.patience
+        return self.wait >= self.patience  # as keras.callbacks.EarlyStopping counts
 
     def restore(self, model: keras.Model) -> bool:
         """Put the best weights back into ``model``; False when there are none."""
