@@ -1,12 +1,10 @@
 """l1cnn: train, evaluate, explain and ship a small L1-regularized CNN for binary images."""
 
-import os
-
-# TensorFlow's C++ start-up chatter (CUDA probing on CPU machines) hides our own messages;
-# silence it unless the user has chosen a level.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from l1cnn._quiet import import_tensorflow_quietly
 
 __version__ = "0.1.0"
+
+import_tensorflow_quietly()
 
 from l1cnn.config import Config, DataConfig, ModelConfig, TrainConfig, load_config  # noqa: E402
 from l1cnn.data import Dataset, load_data  # noqa: E402

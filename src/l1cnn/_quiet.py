@@ -1,0 +1,37 @@
+"""Import TensorFlow without its native start-up chatter on stderr.
+
+TensorFlow's C++ code writes CUDA-probing and CPU-feature notes straight to file descriptor 2
+on import and first device use; TF_CPP_MIN_LOG_LEVEL does not silence them. They would bury
+l1cnn's own one-line messages, so the first import runs with fd 2 pointed at /dev/null.
+Set L1CNN_TF_LOGS=1 to see them.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow (and initialise its devices) once, with native stderr silenced."""
+    if "tensorflow" in sys.modules or os.environ.get("L1CNN_TF_LOGS") == "1":
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        saved = os.dup(2)
+    except OSError:  # no usable stderr (e.g. a daemon): nothing to protect
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        sys.stderr.flush()
+        os.dup2(devnull, 2)
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()
+    except ImportError:
+        pass  # another backend: Keras will report what it needs
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
