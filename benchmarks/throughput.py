@@ -1,0 +1,257 @@
+"""Training and inference speed of l1cnn against plain Keras, on the real X-ray data.
+
+The reference is the specified network written the most direct way: NumPy arrays into
+``model.fit`` (batch 32, RMSprop, EarlyStopping on val_loss), ``model.predict`` for inference.
+Each variant runs in its own process (so peak RSS is its own), alternating reference and
+l1cnn ``--repeats`` times; medians are reported with the ratio l1cnn / reference.
+
+    python benchmarks/throughput.py [--repeats 3] [--max-epochs 100] [--out benchmarks/RESULTS.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "pneumoniamnist_balanced.npz"
+LATENCY_CALLS = 200
+PREDICT_REPEATS = 5
+
+
+def flops_per_image(height: int, width: int, channels: int) -> tuple[float, float]:
+    """Forward and training (about 3x forward) FLOPs per image of the specified network."""
+    h1, w1 = height - 2, width - 2
+    conv1 = 2 * h1 * w1 * 9 * channels * 32
+    h2, w2 = h1 - 2, w1 - 2
+    conv2 = 2 * h2 * w2 * 9 * 32 * 64
+    flat = (h2 // 2) * (w2 // 2) * 64
+    dense = 2 * flat * 64 + 2 * 64
+    forward = conv1 + conv2 + dense
+    return float(forward), float(3 * forward)
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """The machine's float32 matrix-product speed through TensorFlow (its own kernels)."""
+    import tensorflow as tf
+
+    a = tf.random.uniform((n, n))
+    b = tf.random.uniform((n, n))
+    tf.linalg.matmul(a, b).numpy()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        tf.linalg.matmul(a, b).numpy()
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
+def _load() -> tuple:
+    import numpy as np
+
+    with np.load(DATA) as npz:
+        return tuple(npz[k] for k in ("train_images", "train_labels", "val_images", "val_labels",
+                                      "test_images", "test_labels"))
+
+
+def _latency(call, image) -> float:
+    call(image)
+    times = []
+    for _ in range(LATENCY_CALLS):
+        start = time.perf_counter()
+        call(image)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000
+
+
+def run_reference(max_epochs: int) -> dict:
+    """Plain Keras: the specified model, NumPy arrays into model.fit."""
+    import keras
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    keras.utils.set_random_seed(42)
+    xtr, ytr, xva, yva, xte, yte = _load()
+    xtr, xva, xte = (x[..., None].astype("float32") / 255.0 for x in (xtr, xva, xte))
+    reg = keras.regularizers.L1(0.01)
+    model = keras.Sequential([
+        keras.Input(xtr.shape[1:]),
+        keras.layers.Conv2D(32, 3, activation="relu", kernel_regularizer=reg),
+        keras.layers.Conv2D(64, 3, activation="relu", kernel_regularizer=reg),
+        keras.layers.MaxPooling2D(2),
+        keras.layers.Dropout(0.5),
+        keras.layers.Flatten(),
+        keras.layers.Dense(64, activation="relu", kernel_regularizer=reg),
+        keras.layers.Dropout(0.5),
+        keras.layers.Dense(1, activation="sigmoid", kernel_regularizer=reg),
+    ])
+    model.compile(optimizer=keras.optimizers.RMSprop(0.001), loss="binary_crossentropy",
+                  metrics=["accuracy"])
+    epoch_times: list[float] = []
+
+    class Timer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            epoch_times.append(time.perf_counter() - self.start)
+
+    start = time.perf_counter()
+    model.fit(xtr, ytr, batch_size=32, epochs=max_epochs, validation_data=(xva, yva), verbose=0,
+              callbacks=[keras.callbacks.EarlyStopping(patience=5, restore_best_weights=True),
+                         Timer()])
+    wall = time.perf_counter() - start
+    model.predict(xte, batch_size=256, verbose=0)
+    start = time.perf_counter()
+    for _ in range(PREDICT_REPEATS):
+        probs = model.predict(xte, batch_size=256, verbose=0)
+    predict_s = (time.perf_counter() - start) / PREDICT_REPEATS
+    latency = _latency(lambda x: model(x, training=False), xte[:1])
+    return _result(len(xtr), epoch_times, wall, len(xte) / predict_s, latency,
+                   float(roc_auc_score(yte.reshape(-1), probs.reshape(-1))))
+
+
+def run_l1cnn(max_epochs: int) -> dict:
+    """l1cnn through its public API with the specified config and the same seed."""
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    from l1cnn import load_config, load_run, train
+    from l1cnn.loop import make_predict_fn
+    from l1cnn.predict import predict_split, reload_run_data
+
+    out = Path(os.environ.get("TMPDIR", "/tmp")) / f"l1cnn-bench-{os.getpid()}"
+    start = time.perf_counter()
+    result = train(DATA, load_config(None, [f"epochs={max_epochs}", "seed=42"]), out=out,
+                   overwrite=True)
+    wall = time.perf_counter() - start
+    run = load_run(out)
+    test = reload_run_data(run).splits["test"]
+    predict_split(run.model, test)
+    start = time.perf_counter()
+    for _ in range(PREDICT_REPEATS):
+        probs = predict_split(run.model, test)
+    predict_s = (time.perf_counter() - start) / PREDICT_REPEATS
+    forward = make_predict_fn(run.model)
+    latency = _latency(forward, test.images[:1].astype(np.float32))
+    epoch_times = [h["seconds"] for h in result.history]
+    n_train = result.data["counts"]["train"]
+    return _result(sum(n_train.values()), epoch_times, wall, len(test) / predict_s, latency,
+                   float(roc_auc_score(test.labels, probs)))
+
+
+def _result(n_train: int, epoch_times: list[float], wall: float, predict_ips: float,
+            latency_ms: float, roc_auc: float) -> dict:
+    steady = epoch_times[1:] or epoch_times  # the first epoch includes tracing/compilation
+    return {
+        "train_images_per_s": n_train / statistics.median(steady),
+        "epochs": len(epoch_times),
+        "time_to_stop_s": wall,
+        "predict_images_per_s": predict_ips,
+        "latency_ms": latency_ms,
+        "test_roc_auc": roc_auc,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def _child(variant: str, max_epochs: int) -> dict:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT / "src")}
+    proc = subprocess.run([sys.executable, __file__, "--child", variant, "--max-epochs",
+                           str(max_epochs)], capture_output=True, text=True, env=env, check=False)
+    if proc.returncode != 0:
+        raise SystemExit(f"{variant} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _machine() -> str:
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        model = next(line.split(":", 1)[1].strip() for line in lscpu.splitlines()
+                     if line.startswith("Model name"))
+    except (OSError, StopIteration):
+        model = platform.processor() or "unknown CPU"
+    return f"{model}, {os.cpu_count()} cores"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--max-epochs", type=int, default=100)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
+    parser.add_argument("--child", choices=["reference", "l1cnn"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        fn = run_reference if args.child == "reference" else run_l1cnn
+        print(json.dumps(fn(args.max_epochs)))
+        return
+    if not DATA.exists():
+        raise SystemExit(f"benchmark data not found: {DATA}")
+
+    import keras
+    import tensorflow as tf
+
+    runs: dict[str, list[dict]] = {"reference": [], "l1cnn": []}
+    for i in range(args.repeats):
+        for variant in ("reference", "l1cnn"):
+            runs[variant].append(_child(variant, args.max_epochs))
+            print(f"repeat {i + 1}/{args.repeats} {variant}: {runs[variant][-1]}", flush=True)
+    med = {v: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for v, rs in runs.items()}
+    gflops = matmul_gflops()
+    forward, training = flops_per_image(28, 28, 1)
+    train_ceiling = gflops * 1e9 / training
+    predict_ceiling = gflops * 1e9 / forward
+    rows = [
+        ("training images/s (epochs 2+)", "train_images_per_s", "{:.0f}"),
+        ("epochs run", "epochs", "{:.0f}"),
+        ("time to early stopping (s)", "time_to_stop_s", "{:.1f}"),
+        ("inference images/s (batch 256)", "predict_images_per_s", "{:.0f}"),
+        ("single-image latency (ms, median)", "latency_ms", "{:.2f}"),
+        ("peak RSS (MB)", "peak_rss_mb", "{:.0f}"),
+        ("test ROC-AUC", "test_roc_auc", "{:.3f}"),
+    ]
+    lines = ["| measure | reference (plain Keras) | l1cnn | l1cnn / reference |",
+             "| --- | --- | --- | --- |"]
+    for label, key, fmt in rows:
+        ref, ours = med["reference"][key], med["l1cnn"][key]
+        ratio = f"{ours / ref:.2f}" if ref else "-"
+        lines.append(f"| {label} | {fmt.format(ref)} | {fmt.format(ours)} | {ratio} |")
+    agree = abs(med["reference"]["test_roc_auc"] - med["l1cnn"]["test_roc_auc"]) <= 0.02
+    table = "\n".join(lines)
+    notes = (
+        f"- matmul: {gflops:.0f} GFLOP/s (TF float32 2048²); per image {forward / 1e6:.1f} MFLOP "
+        f"forward, {training / 1e6:.1f} MFLOP training → ceilings {train_ceiling:.0f} train img/s, "
+        f"{predict_ceiling:.0f} inference img/s; l1cnn uses "
+        f"{med['l1cnn']['train_images_per_s'] / train_ceiling:.0%} (training) and "
+        f"{med['l1cnn']['predict_images_per_s'] / predict_ceiling:.0%} (inference) of them.\n"
+        f"- test ROC-AUC agree within 0.02: {'yes' if agree else 'NO'}.\n"
+    )
+    header = (
+        f"## Throughput, {dt.date.today().isoformat()}\n\n"
+        f"- machine: {_machine()}; Python {platform.python_version()}, TensorFlow "
+        f"{tf.__version__}, Keras {keras.__version__}\n"
+        f"- command: `python benchmarks/throughput.py --repeats {args.repeats} --max-epochs "
+        f"{args.max_epochs}`; data: `../shared/data/pneumoniamnist_balanced.npz`; the specified "
+        f"config, seed 42; medians of {args.repeats} alternating runs, each in its own process\n\n"
+    )
+    text = header + table + "\n\n" + notes
+    print("\n" + text)
+    previous = args.out.read_text() if args.out.exists() else "# Benchmark results\n\n"
+    marker = "## Throughput,"
+    if marker in previous:  # keep other sections (e.g. serving), replace this one
+        before, _, rest = previous.partition(marker)
+        after = rest[rest.find("\n## ") + 1:] if "\n## " in rest else ""
+        previous = before + after
+    args.out.write_text(previous.rstrip() + "\n\n" + text)
+
+
+if __name__ == "__main__":
+    main()
