@@ -20,7 +20,7 @@ from l1cnn.evaluate import compute_metrics  # noqa: E402
 from l1cnn.model import build_model  # noqa: E402
 from l1cnn.predict import evaluate_run, predict  # noqa: E402
 from l1cnn.runs import Run, load_run  # noqa: E402
-from l1cnn.train import TrainResult, train  # noqa: E402
+from l1cnn.train import TrainResult, resume, train  # noqa: E402
 
 __all__ = [
     "Config",
@@ -44,5 +44,6 @@ __all__ = [
     "load_data",
     "load_run",
     "predict",
+    "resume",
     "train",
 ]

@@ -21,6 +21,47 @@ from l1cnn.errors import ConfigError
 
 CLASS_WEIGHT_CHOICES = ("none", "balanced")
 L1_MODES = ("penalty", "proximal")
+# Threshold rules (issue 3): a number, or chosen on validation by l1cnn.evaluate.choose_threshold.
+THRESHOLD_RULES = ("f1", "youden", "recall=X", "precision=X")
+
+
+def parse_threshold_rule(rule: str) -> tuple[str, float | None]:
+    """Parse a decision-threshold rule without touching data, so a bad rule fails before training.
+
+    Args:
+        rule: ``"0.5"`` (any number in [0, 1]), ``"f1"``, ``"youden"``, ``"recall=0.95"`` or
+            ``"precision=0.9"`` (targets in (0, 1]).
+
+    Returns:
+        ``(kind, value)``: ``("fixed", 0.5)``, ``("f1", None)``, ``("youden", None)``,
+        ``("recall", 0.95)`` or ``("precision", 0.9)``.
+
+    Raises:
+        ConfigError: naming ``train.threshold`` and the accepted forms.
+    """
+    text = str(rule).strip().lower()
+    accepted = f"a number in [0, 1] or one of {', '.join(THRESHOLD_RULES)}"
+    if text in ("f1", "youden"):
+        return text, None
+    kind, sep, target = text.partition("=")
+    if sep and kind.strip() in ("recall", "precision"):
+        try:
+            value = float(target)
+        except ValueError:
+            value = float("nan")
+        if not 0.0 < value <= 1.0:  # NaN fails too
+            raise ConfigError(
+                f"config key 'train.threshold' rule {rule!r} needs a target in (0, 1], "
+                f"e.g. {kind.strip()}=0.95"
+            )
+        return kind.strip(), value
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value <= 1.0:  # NaN fails too
+        raise ConfigError(f"config key 'train.threshold' must be {accepted}, got {rule!r}")
+    return "fixed", value
 
 
 @dataclass(frozen=True)
@@ -71,6 +112,31 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
+
+KEY_HELP = {
+    "image_size": "resize images to this side length; auto: 64 for folders, arrays keep theirs",
+    "channels": "1 (gray) or 3 (colour); auto: 1 when every image is grayscale",
+    "positive_class": "class name that counts as positive; auto: the second in sorted order",
+    "val_fraction": "validation share when the data has no validation split",
+    "test_fraction": "test share when the data has no test split",
+    "skip_bad_images": "skip unreadable images (with a count) instead of failing",
+    "conv_filters": "filters of each Conv2D layer",
+    "kernel_size": "Conv2D kernel size",
+    "pool_size": "MaxPooling2D size",
+    "dense_units": "units of the hidden Dense layer",
+    "dropout_rate": "rate of both Dropout layers",
+    "l1_lambda": "L1 strength on every Conv2D and Dense kernel",
+    "l1_mode": "penalty (L1 term in the loss) or proximal (soft-threshold: exact zeros)",
+    "learning_rate": "RMSprop learning rate",
+    "batch_size": "images per training step",
+    "epochs": "maximum number of epochs",
+    "early_stopping": "stop when val_loss stops improving (else train all epochs, keep last)",
+    "patience": "epochs without val_loss improvement before stopping",
+    "restore_best_weights": "keep the weights of the best epoch",
+    "class_weight": "none, or balanced (weights the loss by inverse class frequency)",
+    "seed": "seed for the split, initial weights, shuffling and dropout",
+    "threshold": "decision threshold rule, chosen on the validation split",
+}
 
 SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
 
@@ -172,6 +238,7 @@ def _check_ranges(config: Config) -> None:
         t.class_weight,
     )
     need(t.seed >= 0, "train.seed", "must be >= 0", t.seed)
+    parse_threshold_rule(t.threshold)  # raises ConfigError for a malformed rule (issue 3)
 
 
 def config_from_dict(raw: dict[str, Any], base: Config | None = None) -> Config:

@@ -12,6 +12,7 @@ import hashlib
 import os
 import warnings
 import zipfile
+import zlib
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -296,7 +297,9 @@ def make_splits(
 
 
 def _check_labels(labels: np.ndarray, where: str, need_both: bool) -> np.ndarray:
-    if labels.size and not np.issubdtype(labels.dtype, np.number) and labels.dtype != bool:
+    if labels.size and labels.dtype != bool and not (  # issue 6: nor complex labels
+        np.issubdtype(labels.dtype, np.integer) or np.issubdtype(labels.dtype, np.floating)
+    ):
         raise DataError(f"{where}: labels must be numbers 0/1, got dtype {labels.dtype}")
     values = labels.astype(np.float64)
     if not np.all(np.isfinite(values)):
@@ -394,8 +397,9 @@ def _load_folder(root: Path, config: DataConfig, seed: int, make_missing: bool =
 
 
 def _as_nhwc(images: np.ndarray, where: str) -> np.ndarray:
-    if images.dtype == object or not (
-        np.issubdtype(images.dtype, np.number) or images.dtype == bool
+    if images.dtype == object or not (  # issue 6: complex numbers are not pixels either
+        np.issubdtype(images.dtype, np.integer) or np.issubdtype(images.dtype, np.floating)
+        or images.dtype == bool
     ):
         raise DataError(f"{where}: images must be numeric arrays, got dtype {images.dtype}")
     if images.ndim == 3:
@@ -445,9 +449,16 @@ def _convert_arrays(images: np.ndarray, side: int | None, channels: int) -> np.n
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        loaded = np.load(path, allow_pickle=False)
+        # Issue 6: a plain .npy file named .npz loads as one array, not as named arrays.
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise ValueError("it holds a single .npy array, not named arrays (use np.savez)")
+        with loaded as npz:
             return {key: npz[key] for key in npz.files}
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError, KeyError) as exc:
+    # Issue 6: zlib.error (corrupt compressed member), MemoryError (absurd declared shape) and
+    # NotImplementedError (unsupported zip compression) came out of hostile files too.
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError, KeyError, zlib.error,
+            MemoryError, NotImplementedError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if "allow_pickle" in reason or "Object arrays" in reason:
             reason = "it holds Python objects, which are not loaded for safety"

@@ -146,30 +146,39 @@ def fit(
     early_stopping: EarlyStopping | None,
     verbose: bool = True,
     on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+    done: list[dict[str, float]] | None = None,
 ) -> FitResult:
     """Train for up to ``epochs`` epochs, with early stopping on validation loss.
 
     Ctrl-C ends training cleanly (status "interrupted"); a non-finite loss ends it with status
     "diverged". In both cases, and after early stopping, the best weights are restored.
+
+    Issue 6 (resume): ``train_ds`` may be a function ``epoch -> dataset``, so that each epoch's
+    shuffle order depends on the epoch number alone, not on how many epochs this process ran;
+    ``done`` is the history of epochs already finished: training goes on at epoch
+    ``len(done) + 1`` (the model, optimizer and ``early_stopping`` must hold that state).
     """
     step = make_train_step(model, optimizer, settings)
     predict = make_predict_fn(model)
     kernels = regularized_kernels(model)
-    history: list[dict[str, float]] = []
+    history: list[dict[str, float]] = list(done or [])
     status, message = "completed", ""
-    n_batches = int(train_ds.cardinality().numpy())
-    last_good: list[np.ndarray] | None = None
+    last_good: list[np.ndarray] | None = model.get_weights() if history else None
     tracker = early_stopping or EarlyStopping(patience=epochs, restore_best_weights=False)
+    # A resumed run whose last finished epoch had already triggered early stopping: stop now.
+    stopped = early_stopping is not None and 0 < tracker.wait and tracker.wait >= tracker.patience
     try:
-        for epoch in range(1, epochs + 1):
+        for epoch in range(len(history) + 1, (len(history) if stopped else epochs) + 1):
             started = time.perf_counter()
+            epoch_ds = train_ds(epoch) if callable(train_ds) else train_ds
+            n_batches = int(epoch_ds.cardinality().numpy())
             bar = keras.utils.Progbar(n_batches, verbose=1 if verbose else 0,
                                       stateful_metrics=[*PROGRESS_METRICS])
             if verbose:
                 print(f"Epoch {epoch}/{epochs}")
             sums = np.zeros(4)
             seen = 0
-            for i, (x, y, w) in enumerate(train_ds, start=1):
+            for i, (x, y, w) in enumerate(epoch_ds, start=1):
                 loss, fit_loss, penalty, correct = step(x, y, w)
                 batch = int(y.shape[0])
                 sums += [float(loss) * batch, float(fit_loss) * batch, float(penalty) * batch,
@@ -208,6 +217,8 @@ def fit(
     except KeyboardInterrupt:
         status = "interrupted"
         message = f"interrupted by the user after {len(history)} finished epoch(s)"
+    if stopped:
+        status = "early_stopped"
     if early_stopping is not None:
         early_stopping.restore(model)
     elif status == "diverged" and last_good is not None:

@@ -6,7 +6,7 @@ so thousands of images run without memory growth.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -91,10 +91,36 @@ def predict(
         threshold: override the run's decision threshold.
     """
     run = _as_run(run)
-    height, width, channels = run.image_shape
     cut = run.threshold if threshold is None else threshold
-    names = run.class_names
-    forward = make_predict_fn(run.model)
+    return predict_with(make_predict_fn(run.model), run.image_shape, run.class_names, cut,
+                        inputs, skip_bad_images)
+
+
+def predict_with(
+    forward: Callable[[np.ndarray], np.ndarray],
+    image_shape: tuple[int, int, int],
+    names: list[str],
+    cut: float,
+    inputs: Iterable[str | Path],
+    skip_bad_images: bool = False,
+) -> PredictResult:
+    """``predict`` with any forward function (pixels float32 -> probabilities (N,)).
+
+    Split out of ``predict`` (issue 7) so an exported model (``l1cnn.export``) predicts image
+    files with exactly the same preprocessing as a run.
+
+    Args:
+        forward: maps a float32 batch (N, H, W, C) of 0..255 pixels to probabilities (N,).
+        image_shape: (height, width, channels) the model takes.
+        names: [negative, positive] class names.
+        cut: the decision threshold.
+        inputs: image files, folders (searched recursively) and ``.npz`` files.
+        skip_bad_images: skip unreadable images (listed in ``skipped``) instead of failing.
+
+    Returns:
+        A PredictResult in input order.
+    """
+    height, width, channels = image_shape
     out: list[Prediction] = []
     skipped: list[str] = []
     for chunk in _chunks(iter_predict_inputs(inputs), CHUNK):
@@ -130,9 +156,15 @@ def reload_run_data(run: Run) -> Dataset:
     return dataset
 
 
-def load_other_data(run: Run, source: str | Path) -> tuple[Split, str]:
-    """Images of ``source`` prepared like the run's: its test split if it has one, else all."""
-    data_config = replace(run.config.data, val_fraction=0.15, test_fraction=0.15)
+def load_other_data(
+    run: Run, source: str | Path, skip_bad_images: bool = False
+) -> tuple[Split, str, list[str]]:
+    """Images of ``source`` prepared like the run's: its test split if it has one, else all.
+
+    Returns (split, what it is, messages for the bad images skipped with ``skip_bad_images``).
+    """
+    data_config = replace(run.config.data, val_fraction=0.15, test_fraction=0.15,
+                          skip_bad_images=skip_bad_images)  # issue 6: evaluate can skip too
     dataset = load_data(source, data_config, run.config.train.seed, make_missing_splits=False)
     if dataset.kind == "folder" and sorted(dataset.class_names) != sorted(run.class_names):
         raise DataError(
@@ -145,27 +177,37 @@ def load_other_data(run: Run, source: str | Path) -> tuple[Split, str]:
             f"{run.image_shape}; set matching image_size/channels"
         )
     if "test" in dataset.splits:
-        return dataset.splits["test"], "test split"
+        return dataset.splits["test"], "test split", dataset.skipped
     parts = list(dataset.splits.values())
     merged = Split(
         np.concatenate([p.images for p in parts]),
         np.concatenate([p.labels for p in parts]),
         [i for p in parts for i in p.ids],
     )
-    return merged, "all images"
+    return merged, "all images", dataset.skipped
 
 
 def evaluate_run(
-    run: Run | str | Path, data: str | Path | None = None, threshold: float | None = None
+    run: Run | str | Path,
+    data: str | Path | None = None,
+    threshold: float | None = None,
+    skip_bad_images: bool = False,
 ) -> dict[str, Any]:
-    """Metrics of a saved run on its own test split (default) or on the images of ``data``."""
+    """Metrics of a saved run on its own test split (default) or on the images of ``data``.
+
+    With ``data`` and ``skip_bad_images``, unreadable images are skipped and listed under
+    ``skipped_images`` (issue 6).
+    """
     run = _as_run(run)
+    skipped: list[str] = []
     if data is None:
         split, what, source = reload_run_data(run).splits["test"], "test split", run.info["source"]
     else:
-        (split, what), source = load_other_data(run, data), str(data)
+        (split, what, skipped), source = load_other_data(run, data, skip_bad_images), str(data)
     probs = predict_split(run.model, split)
     cut = run.threshold if threshold is None else threshold
     metrics = compute_metrics(split.labels, probs, cut)
     metrics.update(source=source, evaluated_on=what)
+    if skipped:
+        metrics["skipped_images"] = skipped
     return metrics

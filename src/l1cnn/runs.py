@@ -7,8 +7,10 @@ one, never half of one.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
+import hashlib
 import io
 import json
 import os
@@ -30,6 +32,11 @@ SPLIT_FILE = "split.json"
 HISTORY_FILE = "history.csv"
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.csv"
+# Issue 6: the resumable per-epoch backup and the lock of a live trainer (docs/run-folder.md).
+BACKUP_FILE = "backup.npz"
+LOCK_FILE = "train.lock"
+# A run with one of these statuses is finished: `l1cnn train --resume` leaves it alone.
+FINAL_STATUSES = ("completed", "early_stopped", "diverged")
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -78,17 +85,105 @@ def read_csv(path: str | Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def save_model_atomic(model: Any, path: str | Path) -> None:
-    """Save a Keras model to ``path`` (.keras) through a temporary file and a rename."""
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes, read in blocks."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_model_atomic(model: Any, path: str | Path) -> str:
+    """Save a Keras model to ``path`` (.keras) through a temporary file and a rename.
+
+    Returns:
+        The sha256 of the saved file (issue 6: recorded in run.json, checked by ``load_run``).
+    """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".keras")
     os.close(fd)
     try:
         model.save(tmp)
+        sha256 = file_sha256(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return sha256
+
+
+def remove_orphan_temp_files(run_dir: str | Path) -> list[str]:
+    """Delete temporary files a killed writer left in ``run_dir``; returns their names.
+
+    Only safe while holding the folder's :class:`RunLock` (no other writer can own them).
+    """
+    run_dir = Path(run_dir)
+    orphans = [*run_dir.glob(".*.tmp"), *run_dir.glob(f".{Path(MODEL_FILE).stem}.*.keras")]
+    for path in orphans:
+        path.unlink(missing_ok=True)
+    return sorted(p.name for p in orphans)
+
+
+class RunLock:
+    """An exclusive lock on a run folder while one process trains into it (issue 6).
+
+    ``train.lock`` holds the owner's PID; the lock itself is an ``fcntl.flock`` on that file, which
+    the kernel drops when the owner dies, so a lock left by a killed trainer is stale and taken
+    over, while a second live trainer is refused with RunError naming the owner's PID.
+    """
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.path = Path(run_dir) / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self) -> RunLock:
+        """Take the lock or raise RunError; returns self."""
+        import fcntl
+
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise RunError(
+                    f"cannot create the lock file '{self.path}': {exc.strerror}"
+                ) from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                owner = os.read(fd, 64).decode("ascii", "replace").strip() or "unknown"
+                os.close(fd)
+                raise RunError(
+                    f"run folder '{self.path.parent}' is being trained by another process "
+                    f"(PID {owner}, lock file {LOCK_FILE}); wait for it to finish or stop it"
+                ) from None
+            try:  # the file may have been removed by its previous owner meanwhile: retry
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        # Ours now (a stale file from a dead owner is simply overwritten).
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode("ascii"))
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        """Remove the lock file and drop the lock (idempotent)."""
+        if self._fd is None:
+            return
+        with contextlib.suppress(OSError):  # a read-only folder keeps a stale (unlocked) file
+            self.path.unlink(missing_ok=True)
+        os.close(self._fd)  # closing drops the flock
+        self._fd = None
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 def default_run_dir(source_name: str, root: str | Path = "runs") -> Path:
@@ -125,6 +220,8 @@ def create_run_dir(path: str | Path, overwrite: bool) -> Path:
     path = prepare_run_dir(path, overwrite)
     try:
         if path.exists() and overwrite and (path / RUN_FILE).exists():
+            with RunLock(path):  # issue 6: never delete a run another process is training
+                pass
             shutil.rmtree(path)
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -230,6 +327,23 @@ def load_model_file(path: str | Path) -> Any:
         raise ModelError(f"model file '{path}' cannot be loaded safely: {first_line}") from None
 
 
+def check_model_sha256(path: Path, info: dict[str, Any]) -> None:
+    """Refuse a ``model.keras`` whose sha256 differs from the one recorded in ``run.json``.
+
+    Detects a swapped or corrupted model file before Keras reads it (issue 6). Runs written
+    before the hash was recorded have no ``model_sha256`` and are not checked.
+    """
+    expected = info.get("model_sha256")
+    if expected is None:
+        return
+    actual = file_sha256(path / MODEL_FILE)
+    if actual != expected:
+        raise ModelError(
+            f"model file '{path / MODEL_FILE}' does not match run.json (sha256 {actual[:12]}... "
+            f"instead of {str(expected)[:12]}...): it was replaced or corrupted after training"
+        )
+
+
 def load_run(path: str | Path) -> Run:
     """Read a run folder back: config, records and the model (best weights)."""
     path = check_is_run(path)
@@ -237,8 +351,9 @@ def load_run(path: str | Path) -> Run:
         info = read_json(path / RUN_FILE)
         data = read_json(path / DATA_FILE)
         metrics = read_json(path / METRICS_FILE)
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: bad JSON or not UTF-8 at all (issue 6)
         raise RunError(f"run '{path}' has an unreadable record: {exc}") from None
     config = read_run_config(path)
+    check_model_sha256(path, info)
     model = load_model_file(path / MODEL_FILE)
     return Run(path=path, config=config, info=info, data=data, metrics=metrics, model=model)
