@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pwd
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -92,3 +95,19 @@ def shared_npz() -> Path:
     if not SHARED_NPZ.exists():
         pytest.skip(f"shared data not found at {SHARED_NPZ} (the real X-ray data lives there)")
     return SHARED_NPZ
+
+
+@contextlib.contextmanager
+def unprivileged() -> Iterator[None]:
+    """Root ignores permission bits: act as 'nobody' (effective ids only) while inside."""
+    if os.geteuid() != 0:
+        yield
+        return
+    nobody = pwd.getpwnam("nobody")
+    os.setegid(nobody.pw_gid)
+    os.seteuid(nobody.pw_uid)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+        os.setegid(0)

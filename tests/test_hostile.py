@@ -7,13 +7,11 @@ and bad images are skipped with a warning and a count under ``--skip-bad-images`
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
 import os
 import pickle
-import pwd
 import shutil
 import struct
 import subprocess
@@ -21,12 +19,12 @@ import sys
 import tempfile
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_images, write_class_folders
+from conftest import make_images, unprivileged, write_class_folders
 from PIL import Image
 
 from l1cnn.cli import main
@@ -191,22 +189,6 @@ def test_skip_bad_images_trains_on_the_rest_with_a_warning(trained_run: Path, tm
     assert json.loads(out)["n"] == 40 + len(_odd_but_valid())
 
 
-@contextlib.contextmanager
-def _unprivileged() -> Iterator[None]:
-    """Root ignores permission bits: act as 'nobody' (effective ids only) while inside."""
-    if os.geteuid() != 0:
-        yield
-        return
-    nobody = pwd.getpwnam("nobody")
-    os.setegid(nobody.pw_gid)
-    os.seteuid(nobody.pw_uid)
-    try:
-        yield
-    finally:
-        os.seteuid(0)
-        os.setegid(0)
-
-
 def test_unreadable_file_and_folder(trained_run: Path, capsys) -> None:
     base = Path(tempfile.mkdtemp(prefix="l1cnn-perm-"))  # reachable by 'nobody' too
     try:
@@ -217,14 +199,14 @@ def test_unreadable_file_and_folder(trained_run: Path, capsys) -> None:
         base.chmod(0o777)
         image = folder / "1" / "img_001.png"
         image.chmod(0o000)
-        with _unprivileged():
+        with unprivileged():
             code, _, err = run_cli(["predict", run, image], capsys)
             assert_one_line_error(code, err, "img_001.png", "permission denied")
             code, _, err = run_cli(["evaluate", run, "--data", folder], capsys)
             assert_one_line_error(code, err, "img_001.png", "permission denied")
         image.chmod(0o644)
         (folder / "1").chmod(0o000)
-        with _unprivileged():
+        with unprivileged():
             code, _, err = run_cli(["train", folder, "--out", base / "new", *TINY], capsys)
             assert_one_line_error(code, err, "cannot be read", "ermission denied")
             code, _, err = run_cli(["predict", run, folder], capsys)

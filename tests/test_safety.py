@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import pwd
 import shutil
 import tempfile
 import threading
 import time
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
-from conftest import make_images, tiny_config
+from conftest import make_images, tiny_config, unprivileged
 
 from l1cnn import backup, load_run, runs
 from l1cnn.cli import main
@@ -187,22 +183,6 @@ def test_divergence_after_good_epochs_keeps_the_last_good_weights() -> None:
         assert np.all(np.isfinite(now))
 
 
-@contextlib.contextmanager
-def _unprivileged() -> Iterator[None]:
-    """Root ignores permission bits: act as 'nobody' (effective ids only) while inside."""
-    if os.geteuid() != 0:
-        yield
-        return
-    nobody = pwd.getpwnam("nobody")
-    os.setegid(nobody.pw_gid)
-    os.seteuid(nobody.pw_uid)
-    try:
-        yield
-    finally:
-        os.seteuid(0)
-        os.setegid(0)
-
-
 def _make_read_only_after_first_backup(run: Path, stop: threading.Event) -> None:
     while not stop.is_set():
         if (run / "backup.npz").exists():
@@ -224,7 +204,7 @@ def test_run_folder_turning_read_only_mid_training(tmp_path: Path) -> None:
         stop = threading.Event()
         watcher = threading.Thread(target=_make_read_only_after_first_backup, args=(run, stop))
         config = tiny_config(train={"epochs": 6, "patience": 6})
-        with _unprivileged():
+        with unprivileged():
             watcher.start()
             try:
                 with pytest.raises(RunError) as caught:

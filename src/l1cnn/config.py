@@ -135,7 +135,7 @@ KEY_HELP = {
     "restore_best_weights": "keep the weights of the best epoch",
     "class_weight": "none, or balanced (weights the loss by inverse class frequency)",
     "seed": "seed for the split, initial weights, shuffling and dropout",
-    "threshold": "decision threshold rule, chosen on the validation split",
+    "threshold": "0.5 (any number), f1, youden, recall=X or precision=X; chosen on validation",
 }
 
 SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}

@@ -302,7 +302,7 @@ def diagnose(
     Args:
         val_prob: validation probabilities.
         val_roc_auc: validation ROC-AUC (None when undefined).
-        l1_share: the L1 penalty's share of the final training loss (0..1), if known.
+        l1_share: the L1 penalty's share of the training loss at the best epoch (0..1), if known.
         l1_lambda: the L1 strength used, for the advice.
 
     Returns:
@@ -321,7 +321,7 @@ def diagnose(
     if reasons:
         parts = ["The model learned nothing useful."]
         if l1_share is not None and l1_lambda > 0:
-            parts.append(f"The L1 penalty is {l1_share:.0%} of the final training loss.")
+            parts.append(f"The L1 penalty is {l1_share:.0%} of the training loss (best epoch).")
         if l1_lambda > 0:
             parts.append(
                 f"Try a smaller l1_lambda (e.g. --set l1_lambda={l1_lambda / 10:g}), or compare "
