@@ -414,16 +414,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise RunError("l1cnn serve needs fastapi, uvicorn and python-multipart: "
                        "pip install 'l1cnn[deploy]'")
     from l1cnn.runs import load_run
-    from l1cnn.serve import ServeLimits, is_loopback, serve
+    from l1cnn.serve import ServeLimits, check_can_listen, is_loopback, serve
 
     limits = ServeLimits(args.max_request_bytes, args.max_image_pixels, args.max_batch)
+    check_can_listen(args.host, args.port)
     run = load_run(args.run)
     if not is_loopback(args.host):
         print(f"warning: binding {args.host} makes the model reachable from other machines",
               file=sys.stderr)
     shown = f"[{args.host}]" if ":" in args.host else args.host
     print(f"Serving {run.path} at http://{shown}:{args.port}/ (Ctrl-C to stop)", flush=True)
-    serve(run, args.host, args.port, limits)
+    try:
+        serve(run, args.host, args.port, limits)
+    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its graceful shutdown
+        pass
+    print("Stopped.", flush=True)
     return 0
 
 

@@ -1,0 +1,469 @@
+"""Export a run as SavedModel, ONNX or LiteRT, and prove the export answers like the run.
+
+Every export is followed by a parity check on the run's test split: the largest absolute
+difference in probability, the agreement of predicted classes and each model's ROC-AUC, written
+to ``export.json`` beside the artifact. A float32 export that differs by more than
+``FLOAT_TOLERANCE`` is an error. An export folder is self-describing (class names, threshold,
+image shape), so ``l1cnn predict`` accepts it as well as a run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from l1cnn import runs
+from l1cnn.data import Split
+from l1cnn.errors import ConfigError, ModelError, RunError
+from l1cnn.evaluate import compute_metrics
+from l1cnn.predict import PredictResult, predict_split, predict_with, reload_run_data
+
+FORMATS = ("savedmodel", "onnx", "litert")
+QUANTIZE_MODES = ("float16", "int8")
+FLOAT_TOLERANCE = 1e-4
+EXPORT_FILE = "export.json"
+ARTIFACTS = {"savedmodel": "1", "onnx": "model.onnx", "litert": "model.tflite"}
+REPRESENTATIVE_SAMPLES = 200  # training images that calibrate int8 ranges
+CHUNK = 512
+
+# What each format needs beyond TensorFlow; all are in the `deploy` extra.
+_NEEDS = {"savedmodel": (), "onnx": ("tf2onnx", "onnxruntime"), "litert": ("ai_edge_litert",)}
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """What to export: the format and, for LiteRT, an optional post-training quantization."""
+
+    format: str = "savedmodel"
+    quantize: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise ConfigError(f"export format must be one of {', '.join(FORMATS)}, "
+                              f"got '{self.format}'")
+        if self.quantize is not None and self.quantize not in QUANTIZE_MODES:
+            raise ConfigError(f"--quantize must be one of {', '.join(QUANTIZE_MODES)}, "
+                              f"got '{self.quantize}'")
+        if self.quantize is not None and self.format != "litert":
+            raise ConfigError(f"--quantize works with --format litert only, not {self.format}")
+
+    @property
+    def name(self) -> str:
+        """Short name used for the default folder, e.g. ``litert-int8``."""
+        return self.format + (f"-{self.quantize}" if self.quantize else "")
+
+
+def _require(fmt: str) -> None:
+    """Refuse a format whose converter or runtime is not installed, saying what to install."""
+    import importlib.util
+
+    missing = [m for m in _NEEDS[fmt] if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ModelError(f"--format {fmt} needs {', '.join(missing)} (install l1cnn[deploy]: "
+                         f"pip install 'l1cnn[deploy]')")
+
+
+@contextlib.contextmanager
+def _quiet_converters() -> Iterator[None]:
+    """Silence tf2onnx's and the TFLite converter's chatter (they log every pass)."""
+    loggers = [logging.getLogger(n) for n in ("tf2onnx", "absl", "tensorflow")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def _as_uint8(x: np.ndarray) -> np.ndarray:
+    """0..255 pixels as uint8, rounding any float pixels (the SavedModel signature takes uint8)."""
+    if x.dtype == np.uint8:
+        return x
+    return np.clip(np.round(np.asarray(x, np.float64)), 0, 255).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _write_savedmodel(model: Any, target: Path, meta: dict[str, Any]) -> None:
+    """A TF Serving SavedModel: uint8 pixels in; probability, class name and threshold out."""
+    import keras
+    import tensorflow as tf
+
+    height, width, channels = meta["image_shape"]
+    names = tf.constant(meta["class_names"])
+    cut = tf.constant(meta["threshold"], tf.float32)
+    shape = tf.constant(meta["image_shape"], tf.int32)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, height, width, channels], tf.uint8,
+                                                name="pixels")])
+    def serve(pixels: Any) -> dict[str, Any]:
+        prob = tf.reshape(model(tf.cast(pixels, tf.float32), training=False), [-1])
+        return {
+            "probability": prob,
+            "predicted_class": tf.gather(names, tf.cast(prob >= cut, tf.int32)),
+            "threshold": tf.fill(tf.shape(prob), cut),
+        }
+
+    @tf.function(input_signature=[])
+    def metadata() -> dict[str, Any]:
+        return {"class_names": names, "positive_class": names[1], "threshold": cut,
+                "image_shape": shape}
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serving_default", serve)
+    archive.add_endpoint("metadata", metadata)
+    archive.write_out(str(target), verbose=False)
+    # TF Serving's convention for files that travel with a model version.
+    (target / "assets.extra").mkdir(exist_ok=True)
+    runs.write_json(target / "assets.extra" / "l1cnn.json", meta)
+
+
+def _representative(run: runs.Run) -> Callable[[], Iterator[list[np.ndarray]]]:
+    """Up to REPRESENTATIVE_SAMPLES training images (seeded), one at a time, for int8 ranges."""
+    train = reload_run_data(run).splits["train"]
+    rng = np.random.default_rng(run.config.train.seed)
+    index = rng.permutation(len(train))[:REPRESENTATIVE_SAMPLES]
+
+    def gen() -> Iterator[list[np.ndarray]]:
+        for i in index:
+            yield [train.images[i : i + 1].astype(np.float32)]
+
+    return gen
+
+
+def _write_artifact(run: runs.Run, options: ExportOptions, folder: Path,
+                    meta: dict[str, Any]) -> Path:
+    """Convert the run's model into ``folder``; return the artifact's path."""
+    model = run.model
+    # Keras' ONNX exporter refuses a model that was loaded but never called.
+    model(np.zeros((1, *run.image_shape), np.float32), training=False)
+    target = folder / ARTIFACTS[options.format]
+    try:
+        with _quiet_converters():
+            if options.format == "savedmodel":
+                _write_savedmodel(model, target, meta)
+            elif options.format == "onnx":
+                model.export(str(target), format="onnx", verbose=False)
+            else:
+                import tensorflow as tf
+
+                kwargs: dict[str, Any] = {}
+                if options.quantize == "float16":
+                    kwargs = {"optimizations": [tf.lite.Optimize.DEFAULT],
+                              "target_spec": {"supported_types": [tf.float16]}}
+                elif options.quantize == "int8":
+                    kwargs = {"optimizations": [tf.lite.Optimize.DEFAULT],
+                              "representative_dataset": _representative(run)}
+                model.export(str(target), format="litert", verbose=False, **kwargs)
+    except Exception as exc:  # converters raise many types (ConverterError, tf2onnx's own...)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"the {options.format} converter failed: {first}") from None
+    return target
+
+
+# --------------------------------------------------------------------------- loading
+
+
+class ExportedModel:
+    """An export folder read back: metadata plus a forward function in the format's runtime."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        record = self.path / EXPORT_FILE
+        if not record.exists():
+            raise RunError(f"'{self.path}' is not an l1cnn export folder (no {EXPORT_FILE})")
+        try:
+            self.info: dict[str, Any] = runs.read_json(record)
+            self.format: str = self.info["format"]
+            self.artifact = self.path / self.info["artifact"]
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise RunError(f"'{record}' is unreadable: {exc}") from None
+        if self.format not in FORMATS or not self.artifact.exists():
+            raise RunError(f"'{self.path}' has no usable {self.format} artifact")
+        _require(self.format)
+        self._forward = self._load()
+
+    @property
+    def class_names(self) -> list[str]:
+        """[negative, positive] class names."""
+        return list(self.info["class_names"])
+
+    @property
+    def threshold(self) -> float:
+        """The run's decision threshold, carried by the export."""
+        return float(self.info["threshold"])
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(height, width, channels) the model takes."""
+        return tuple(self.info["image_shape"])  # type: ignore[return-value]
+
+    def _load(self) -> Callable[[np.ndarray], np.ndarray]:
+        try:
+            if self.format == "savedmodel":
+                return self._load_savedmodel()
+            if self.format == "onnx":
+                return self._load_onnx()
+            return self._load_litert()
+        except (OSError, ValueError, RuntimeError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelError(
+                f"exported model '{self.artifact}' cannot be loaded: {first}") from None
+
+    def _load_savedmodel(self) -> Callable[[np.ndarray], np.ndarray]:
+        import tensorflow as tf
+
+        signature = tf.saved_model.load(str(self.artifact)).signatures["serving_default"]
+
+        def forward(x: np.ndarray) -> np.ndarray:
+            return signature(pixels=tf.constant(_as_uint8(x)))["probability"].numpy()
+
+        return forward
+
+    def _load_onnx(self) -> Callable[[np.ndarray], np.ndarray]:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        session = ort.InferenceSession(str(self.artifact), options,
+                                       providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+
+        def forward(x: np.ndarray) -> np.ndarray:
+            return session.run(None, {name: np.asarray(x, np.float32)})[0].reshape(-1)
+
+        return forward
+
+    def _load_litert(self) -> Callable[[np.ndarray], np.ndarray]:
+        from ai_edge_litert.interpreter import Interpreter
+
+        runner = Interpreter(model_path=str(self.artifact)).get_signature_runner()
+        (name,) = runner.get_input_details()
+
+        def forward(x: np.ndarray) -> np.ndarray:
+            (out,) = runner(**{name: np.asarray(x, np.float32)}).values()
+            return np.asarray(out, np.float32).reshape(-1)
+
+        return forward
+
+    def predict(self, pixels: np.ndarray) -> np.ndarray:
+        """Probabilities (N,) for 0..255 pixels (N, H, W, C), in chunks."""
+        if len(pixels) == 0:
+            return np.zeros((0,), np.float32)
+        return np.concatenate([self._forward(pixels[i : i + CHUNK])
+                               for i in range(0, len(pixels), CHUNK)])
+
+
+def is_export_folder(path: str | Path) -> bool:
+    """True for a folder written by :func:`export_run` (it has ``export.json``)."""
+    return (Path(path) / EXPORT_FILE).is_file()
+
+
+def load_export(path: str | Path) -> ExportedModel:
+    """Read an export folder back, refusing one whose float parity check failed.
+
+    Args:
+        path: the folder :func:`export_run` wrote.
+
+    Returns:
+        An ExportedModel whose ``predict`` runs the artifact in its own runtime.
+    """
+    exported = ExportedModel(path)
+    if exported.info.get("parity", {}).get("passed") is False:
+        raise ModelError(f"export '{path}' failed its parity check (see its {EXPORT_FILE})")
+    return exported
+
+
+def predict_export(
+    path: str | Path,
+    inputs: Iterable[str | Path],
+    skip_bad_images: bool = False,
+    threshold: float | None = None,
+) -> PredictResult:
+    """Like ``l1cnn.predict.predict`` but through an exported model, with the same preprocessing.
+
+    Args:
+        path: an export folder.
+        inputs: image files, folders (searched recursively) and ``.npz`` files.
+        skip_bad_images: skip unreadable images instead of failing.
+        threshold: override the exported decision threshold.
+
+    Returns:
+        A PredictResult in input order.
+    """
+    exported = load_export(path)
+    cut = exported.threshold if threshold is None else threshold
+    return predict_with(exported.predict, exported.image_shape, exported.class_names, cut,
+                        inputs, skip_bad_images)
+
+
+# --------------------------------------------------------------------------- parity
+
+
+def compare_predictions(
+    labels: np.ndarray,
+    reference: np.ndarray,
+    exported: np.ndarray,
+    threshold: float,
+    tolerance: float | None,
+) -> dict[str, Any]:
+    """How closely ``exported`` probabilities follow the Keras ``reference`` on labelled images.
+
+    Args:
+        labels: 0/1 labels.
+        reference: the Keras model's probabilities.
+        exported: the exported model's probabilities for the same images.
+        threshold: the decision threshold both are cut at.
+        tolerance: the largest allowed absolute difference, or None (quantized: report only).
+
+    Returns:
+        n, max_abs_diff, mean_abs_diff, class_agreement, roc_auc of each, accuracy of each,
+        tolerance and passed.
+    """
+    reference = np.asarray(reference, np.float64).reshape(-1)
+    exported = np.asarray(exported, np.float64).reshape(-1)
+    if reference.shape != exported.shape:
+        raise ModelError(f"the export returned {exported.shape[0]} probabilities for "
+                         f"{reference.shape[0]} images")
+    if not np.all(np.isfinite(exported)):
+        raise ModelError("the export returned NaN or infinite probabilities")
+    diff = np.abs(reference - exported)
+    ref_m = compute_metrics(labels, reference, threshold)
+    exp_m = compute_metrics(labels, exported, threshold)
+    max_diff = float(diff.max()) if diff.size else 0.0
+    return {
+        "n": int(reference.size),
+        "max_abs_diff": max_diff,
+        "mean_abs_diff": float(diff.mean()) if diff.size else 0.0,
+        "class_agreement": float(np.mean((reference >= threshold) == (exported >= threshold)))
+        if diff.size else 1.0,
+        "roc_auc_keras": ref_m["roc_auc"],
+        "roc_auc_export": exp_m["roc_auc"],
+        "accuracy_keras": ref_m["accuracy"],
+        "accuracy_export": exp_m["accuracy"],
+        "tolerance": tolerance,
+        "passed": None if tolerance is None else bool(max_diff <= tolerance),
+    }
+
+
+def _size_bytes(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _prepare_out(out: Path, overwrite: bool) -> None:
+    if out.exists():
+        if not out.is_dir():
+            raise RunError(f"output '{out}' exists and is not a folder")
+        if any(out.iterdir()):
+            if not overwrite:
+                raise RunError(f"export folder '{out}' already exists; use --overwrite to "
+                               "replace it")
+            if not is_export_folder(out):
+                raise RunError(f"refusing to overwrite '{out}': it is not an l1cnn export folder")
+    parent = out.parent
+    if not parent.exists():
+        try:
+            parent.mkdir(parents=True)
+        except OSError as exc:
+            raise RunError(f"output folder '{parent}' cannot be created: {exc.strerror}") from None
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise RunError(f"export folder '{out}' cannot be written (no permission on '{parent}')")
+
+
+def export_run(
+    run: runs.Run | str | Path,
+    options: ExportOptions,
+    out: str | Path | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Export a run's model, check it against the Keras model, and write ``export.json``.
+
+    The folder is built under a temporary name and renamed into place, so a failed export
+    leaves nothing half-written.
+
+    Args:
+        run: a Run or its folder.
+        options: format and quantization.
+        out: the export folder (default ``RUN/export-<format>[-<quantize>]``).
+        overwrite: replace an existing export folder.
+
+    Returns:
+        The export record (also in ``OUT/export.json``), with ``path`` added.
+
+    Raises:
+        ModelError: the converter failed, or a float export differs by more than
+            FLOAT_TOLERANCE (the folder is still written, marked as failed, for inspection).
+    """
+    run = run if isinstance(run, runs.Run) else runs.load_run(run)
+    _require(options.format)
+    out = Path(out) if out is not None else run.path / f"export-{options.name}"
+    _prepare_out(out, overwrite)
+    test = reload_run_data(run).splits["test"]
+    meta = {
+        "class_names": run.class_names,
+        "positive_class": run.class_names[1],
+        "threshold": run.threshold,
+        "image_shape": list(run.image_shape),
+        "input": "pixels: 0..255, shape (N, H, W, C); "
+                 + ("uint8" if options.format == "savedmodel" else "float32"),
+        "output": "positive-class probability",
+    }
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial"))
+    try:
+        artifact = _write_artifact(run, options, staging, meta)
+        record: dict[str, Any] = {
+            "format": options.format,
+            "quantize": options.quantize,
+            "artifact": artifact.name,
+            **meta,
+            "source_run": str(run.path),
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "size_bytes": _size_bytes(artifact),
+            "versions": runs.library_versions(),
+        }
+        # The record must exist before ExportedModel can read the folder back.
+        runs.write_json(staging / EXPORT_FILE, record)
+        exported = ExportedModel(staging)
+        pixels = test.images
+        if options.format == "savedmodel":
+            pixels = _as_uint8(pixels)  # compare on exactly what the signature sees
+        reference = predict_split(run.model, Split(pixels, test.labels, test.ids))
+        tolerance = FLOAT_TOLERANCE if options.quantize is None else None
+        parity = compare_predictions(test.labels, reference, exported.predict(pixels),
+                                     run.threshold, tolerance)
+        record["parity"] = {"data": f"{run.info['source']} (test split)", **parity}
+        runs.write_json(staging / EXPORT_FILE, record)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    record["path"] = str(out)
+    if parity["passed"] is False:
+        raise ModelError(
+            f"the {options.format} export differs from the Keras model by "
+            f"{parity['max_abs_diff']:.3g} > {FLOAT_TOLERANCE:g} in probability "
+            f"(see {out / EXPORT_FILE})"
+        )
+    return record

@@ -1,0 +1,342 @@
+"""An HTTP server for a run: a JSON API like TF Serving's REST API, and a page to try images.
+
+FastAPI on uvicorn. Uploaded images go through the same decoding and resizing as training
+(``data.load_image``), pixel arrays must already have the run's shape. Every limit (request
+bytes, image pixels, batch size) is refused with a JSON error and a 4xx status, never a crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, JSONResponse
+
+from l1cnn.config import config_to_dict
+from l1cnn.data import load_image
+from l1cnn.errors import ConfigError, DataError
+from l1cnn.loop import make_predict_fn
+from l1cnn.runs import Run, load_run
+from l1cnn.serve_page import PAGE
+
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+@dataclass(frozen=True)
+class ServeLimits:
+    """What one request may hold; anything beyond is refused with 413."""
+
+    max_request_bytes: int = 8 * 1024 * 1024
+    max_image_pixels: int = 4096 * 4096  # width * height of an uploaded image, before resizing
+    max_batch: int = 64  # images (uploaded files or JSON instances) per request
+
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            if value < 1:
+                raise ConfigError(f"serve limit {name} must be >= 1, got {value}")
+
+
+class RequestError(Exception):
+    """A bad request: answered with ``status`` and ``{"error": message}``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """ASGI middleware: refuse bodies over ``max_bytes`` with 413, counting what arrives.
+
+    Checked on the declared Content-Length first and again on the bytes actually received, so
+    a chunked or lying client cannot push more.
+    """
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def _refuse(self, send: Any) -> None:
+        body = json.dumps({"error": f"request body over the limit of {self.max_bytes} bytes"})
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body.encode()})
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+            await self._refuse(send)
+            return
+        received = 0
+        started = False
+
+        async def counted_receive() -> Any:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise _TooLarge
+            return message
+
+        async def tracked_send(message: Any) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, tracked_send)
+        except _TooLarge:
+            if not started:
+                await self._refuse(send)
+
+
+def _pixels_from_json(instances: Any, shape: tuple[int, int, int], max_batch: int) -> np.ndarray:
+    """TF Serving-style ``instances``: (H, W, C) or (H, W) arrays, or ``{"pixels": array}``."""
+    if not isinstance(instances, list) or not instances:
+        raise RequestError(400, '"instances" must be a non-empty list of pixel arrays')
+    if len(instances) > max_batch:
+        raise RequestError(413, f"{len(instances)} instances is over the limit of {max_batch}")
+    out = np.empty((len(instances), *shape), np.float32)
+    for i, item in enumerate(instances):
+        if isinstance(item, dict):
+            if set(item) != {"pixels"}:
+                raise RequestError(400, f'instance {i}: an object must be {{"pixels": ...}}')
+            item = item["pixels"]
+        try:
+            arr = np.asarray(item, dtype=np.float32)
+        except (ValueError, TypeError):
+            raise RequestError(400, f"instance {i}: not a rectangular array of numbers") from None
+        if arr.ndim == 2 and shape[2] == 1:
+            arr = arr[..., None]
+        if arr.shape != shape:
+            raise RequestError(400, f"instance {i}: shape {list(arr.shape)} differs from the "
+                                    f"model's {list(shape)}")
+        if not np.all(np.isfinite(arr)) or arr.min() < 0 or arr.max() > 255:
+            raise RequestError(400, f"instance {i}: pixel values must be finite and in 0..255")
+        out[i] = arr
+    return out
+
+
+def _decode_upload(data: bytes, name: str, shape: tuple[int, int, int],
+                   max_pixels: int) -> np.ndarray:
+    """One uploaded image file, decoded and resized exactly as in training."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not data:
+        raise RequestError(400, f"'{name}': empty file")
+    with tempfile.NamedTemporaryFile(suffix=Path(name).suffix or ".img") as tmp:
+        tmp.write(data)
+        tmp.flush()
+        try:
+            with Image.open(tmp.name) as probe:  # reads the header only
+                width, height = probe.size
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError,
+                Image.DecompressionBombError):
+            raise RequestError(400, f"'{name}': not a readable image (unknown format, or "
+                                    "broken in its header)") from None
+        if width * height > max_pixels:
+            raise RequestError(413, f"'{name}': {width}x{height} is over the limit of "
+                                    f"{max_pixels} pixels")
+        try:
+            return load_image(tmp.name, shape[:2], shape[2]).astype(np.float32)
+        except DataError:
+            raise RequestError(400, f"'{name}': truncated or corrupt image") from None
+
+
+class Predictor:
+    """The run's model behind a lock-free compiled forward function, plus its answers' format."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self.shape = run.image_shape
+        self.names = run.class_names
+        self.threshold = run.threshold
+        self._forward = make_predict_fn(run.model)
+
+    def predict(self, pixels: np.ndarray) -> np.ndarray:
+        """Probabilities (N,) for float32 pixels (N, H, W, C)."""
+        return self._forward(pixels)
+
+    def saliency(self, pixels: np.ndarray, probs: np.ndarray) -> np.ndarray | None:
+        """Grad-CAM maps (N, H, W) toward each image's predicted class (None if unavailable)."""
+        try:
+            from l1cnn.explain import grad_cam
+        except ImportError:  # the explain module is optional for serving
+            return None
+        return grad_cam(self.run.model, pixels, probs >= self.threshold)
+
+    def answer(self, probs: np.ndarray, ids: list[str]) -> list[dict[str, Any]]:
+        """One JSON object per image."""
+        return [
+            {"id": i, "probability": float(p), "class": self.names[int(p >= self.threshold)],
+             "threshold": self.threshold}
+            for i, p in zip(ids, probs, strict=True)
+        ]
+
+    def describe(self, limits: ServeLimits) -> dict[str, Any]:
+        """What ``GET /v1/model`` returns: classes, threshold, config, metrics summary, limits."""
+        metrics = {
+            split: {k: self.run.metrics[split].get(k)
+                    for k in ("n", "accuracy", "precision", "recall", "f1", "roc_auc")}
+            for split in ("val", "test") if split in self.run.metrics
+        }
+        return {
+            "run": self.run.path.name,
+            "class_names": self.names,
+            "positive_class": self.names[1],
+            "threshold": self.threshold,
+            "image_shape": list(self.shape),
+            "input": "pixels 0..255, shape [H, W, C] (or [H, W] for one channel)",
+            "config": config_to_dict(self.run.config),
+            "metrics": metrics,
+            "limits": asdict(limits),
+        }
+
+
+def create_app(run: Run | str | Path, limits: ServeLimits | None = None) -> Any:
+    """The FastAPI application for ``run`` (wrapped in the request-size limit).
+
+    Args:
+        run: a Run or its folder.
+        limits: request limits (defaults: 8 MiB, 4096x4096 pixels, 64 images).
+
+    Returns:
+        An ASGI application for uvicorn.
+    """
+    limits = limits or ServeLimits()
+    predictor = Predictor(run if isinstance(run, Run) else load_run(run))
+    app = FastAPI(title="l1cnn", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.exception_handler(RequestError)
+    async def request_error(_request: Request, exc: RequestError) -> JSONResponse:
+        return JSONResponse({"error": exc.message}, status_code=exc.status)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/v1/model")
+    async def model_info() -> dict[str, Any]:
+        return predictor.describe(limits)
+
+    @app.get("/", response_class=HTMLResponse)
+    async def index() -> HTMLResponse:
+        return HTMLResponse(PAGE, headers={"Content-Security-Policy": "default-src 'self'; "
+                                           "script-src 'unsafe-inline'; style-src "
+                                           "'unsafe-inline'; img-src 'self' blob: data:"})
+
+    @app.post("/v1/predict")
+    async def predict(request: Request) -> JSONResponse:
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        want_saliency = request.query_params.get("saliency", "").lower() in ("1", "true")
+        if kind == "application/json":
+            try:
+                body = json.loads(await request.body())
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                raise RequestError(400, "the body is not valid JSON") from None
+            if not isinstance(body, dict) or "instances" not in body:
+                raise RequestError(400, 'expected a JSON object {"instances": [...]}')
+            pixels = _pixels_from_json(body["instances"], predictor.shape, limits.max_batch)
+            ids = [str(i) for i in range(len(pixels))]
+        elif kind == "multipart/form-data":
+            try:
+                form = await request.form(max_files=limits.max_batch + 1)
+            except Exception as exc:  # python-multipart raises several types for bad bodies
+                raise RequestError(400, f"bad multipart body: {exc}") from None
+            uploads = [v for _, v in form.multi_items() if hasattr(v, "read")]
+            if not uploads:
+                raise RequestError(400, "no image file in the upload (use the field 'image')")
+            if len(uploads) > limits.max_batch:
+                raise RequestError(413, f"{len(uploads)} files is over the limit of "
+                                        f"{limits.max_batch}")
+            images = []
+            for up in uploads:
+                data = await up.read()
+                images.append(await run_in_threadpool(
+                    _decode_upload, data, up.filename or "upload", predictor.shape,
+                    limits.max_image_pixels))
+            pixels = np.stack(images)
+            ids = [up.filename or f"upload-{i}" for i, up in enumerate(uploads)]
+        else:
+            raise RequestError(415, "send application/json {\"instances\": [...]} or a "
+                                    "multipart/form-data image upload")
+        probs = await run_in_threadpool(predictor.predict, pixels)
+        result: dict[str, Any] = {"predictions": predictor.answer(probs, ids)}
+        if want_saliency:
+            maps = await run_in_threadpool(predictor.saliency, pixels, probs)
+            if maps is not None:
+                for item, image, cam in zip(result["predictions"], pixels, maps, strict=True):
+                    item["pixels"] = np.round(image).astype(int).tolist()
+                    item["saliency"] = np.round(cam, 3).tolist()
+        return JSONResponse(result)
+
+    return BodyLimit(app, limits.max_request_bytes)
+
+
+def serve(
+    run: Run | str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    limits: ServeLimits | None = None,
+) -> None:
+    """Serve ``run`` with uvicorn until interrupted (blocks).
+
+    Args:
+        run: a Run or its folder.
+        host: address to bind; loopback by default, so nothing outside this machine can reach it.
+        port: TCP port.
+        limits: request limits.
+    """
+    import uvicorn
+
+    check_can_listen(host, port)
+    app = create_app(run, limits)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning",
+                            limit_concurrency=64, timeout_graceful_shutdown=5)
+    asyncio.run(uvicorn.Server(config).serve())
+
+
+def check_can_listen(host: str, port: int) -> None:
+    """Refuse a bad or busy port or an unknown host up front (uvicorn would exit the process).
+
+    Args:
+        host: address to bind.
+        port: TCP port.
+
+    Raises:
+        ConfigError: naming the address and the reason.
+    """
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"--port must be in 0..65535, got {port}")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        family, _, _, _, address = infos[0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
+def is_loopback(host: str) -> bool:
+    """True when ``host`` only accepts connections from this machine."""
+    return host in LOOPBACK or host.startswith("127.")
+

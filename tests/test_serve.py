@@ -1,0 +1,252 @@
+"""``l1cnn serve``: a real server in a subprocess, its JSON API, its limits, its page, its load."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from l1cnn.cli import main
+from l1cnn.errors import ConfigError
+from l1cnn.predict import predict
+from l1cnn.runs import load_run
+from l1cnn.serve import ServeLimits, is_loopback
+
+httpx = pytest.importorskip("httpx")
+
+_BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "serve_load.py"
+_spec = importlib.util.spec_from_file_location("serve_load", _BENCH)
+serve_load = importlib.util.module_from_spec(_spec)
+sys.modules["serve_load"] = serve_load
+_spec.loader.exec_module(serve_load)
+
+CHROMIUM = Path("/usr/bin/chromium")
+LIMITS = ["--max-request-bytes", "300000", "--max-image-pixels", "40000", "--max-batch", "16"]
+
+
+@pytest.fixture(scope="module")
+def server(trained_run: Path):
+    with serve_load.running_server(trained_run, serve_load.free_port(), *LIMITS) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def source_images(trained_run: Path) -> tuple[Path, np.ndarray]:
+    source = Path(load_run(trained_run).info["source"])
+    return source, np.load(source)["x"]
+
+
+def _png(array: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_health_and_model_description(server, trained_run):
+    assert httpx.get(server + "/healthz").json() == {"status": "ok"}
+    info = httpx.get(server + "/v1/model").json()
+    run = load_run(trained_run)
+    assert info["class_names"] == run.class_names and info["positive_class"] == "1"
+    assert info["threshold"] == run.threshold and info["image_shape"] == [12, 12, 1]
+    assert info["config"]["model"]["conv_filters"] == [4, 8]
+    assert info["metrics"]["test"]["roc_auc"] == pytest.approx(run.metrics["test"]["roc_auc"])
+    assert info["limits"] == {"max_request_bytes": 300000, "max_image_pixels": 40000,
+                              "max_batch": 16}
+
+
+def test_json_instances_answer_like_predict(server, trained_run, source_images):
+    source, x = source_images
+    want = predict(trained_run, [source]).predictions[:10]
+    # As TF Serving takes them: plain (H, W, C) arrays, or named {"pixels": (H, W)} objects.
+    for instances in ([img.tolist() for img in x[:10]],
+                      [{"pixels": img[..., 0].tolist()} for img in x[:10]]):
+        r = httpx.post(server + "/v1/predict", json={"instances": instances})
+        assert r.status_code == 200
+        got = r.json()["predictions"]
+        assert len(got) == 10
+        for g, w in zip(got, want, strict=True):
+            assert g["probability"] == pytest.approx(w.probability, abs=1e-5)
+            assert g["class"] == w.predicted_class and g["threshold"] == load_run(
+                trained_run).threshold
+
+
+def test_uploaded_images_answer_like_predict(server, trained_run, tmp_path):
+    rng = np.random.default_rng(5)
+    paths = []
+    for i in range(3):  # 20x20: the server must resize exactly as training does
+        img = rng.integers(0, 255, (20, 20), dtype=np.uint8)
+        img[:10, :10] = 230 if i % 2 else img[:10, :10]
+        paths.append(tmp_path / f"img{i}.png")
+        paths[-1].write_bytes(_png(img))
+    want = predict(trained_run, paths).predictions
+    files = [("image", (p.name, p.read_bytes(), "image/png")) for p in paths]
+    r = httpx.post(server + "/v1/predict", files=files)
+    assert r.status_code == 200
+    got = r.json()["predictions"]
+    assert [g["id"] for g in got] == [p.name for p in paths]
+    for g, w in zip(got, want, strict=True):
+        assert g["probability"] == pytest.approx(w.probability, abs=1e-5)
+        assert g["class"] == w.predicted_class
+    # The page asks for the model's view and a saliency map of it.
+    r = httpx.post(server + "/v1/predict?saliency=true", files=files[:1])
+    item = r.json()["predictions"][0]
+    assert np.array(item["pixels"]).shape == (12, 12, 1)
+    sal = np.array(item["saliency"])
+    assert sal.shape == (12, 12) and sal.min() >= 0 and sal.max() <= 1
+
+
+def _bad_requests() -> list[tuple[str, dict, int, str]]:
+    png = _png(np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8))
+    big_image = _png(np.zeros((300, 300), np.uint8))  # 90,000 pixels, a small file
+    return [
+        ("not an image", {"files": {"image": ("a.png", b"hello, not a png", "image/png")}},
+         400, "not a readable image"),
+        ("truncated", {"files": {"image": ("t.png", png[: 2 * len(png) // 3], "image/png")}},
+         400, "truncated"),
+        ("empty file", {"files": {"image": ("e.png", b"", "image/png")}}, 400, "empty file"),
+        ("no file", {"files": {"note": (None, b"just a field")}}, 400, "no image file"),
+        ("body too large", {"files": {"image": ("b.png", b"\0" * 400_000, "image/png")}},
+         413, "over the limit"),
+        ("image too large", {"files": {"image": ("big.png", big_image, "image/png")}},
+         413, "300x300"),
+        ("wrong shape", {"json": {"instances": [[[1, 2], [3, 4]]]}}, 400, "shape [2, 2, 1]"),
+        ("wrong JSON", {"content": b"{instances: [", "headers": {"content-type":
+                                                                 "application/json"}},
+         400, "not valid JSON"),
+        ("no instances", {"json": {"inputs": [[0]]}}, 400, "instances"),
+        ("empty instances", {"json": {"instances": []}}, 400, "non-empty"),
+        ("not numbers", {"json": {"instances": [[["a"] * 12] * 12]}}, 400, "array of numbers"),
+        ("ragged", {"json": {"instances": [[[0] * 12] * 11 + [[0] * 5]]}}, 400, "rectangular"),
+        ("out of range", {"json": {"instances": [np.full((12, 12), 300).tolist()]}},
+         400, "0..255"),
+        ("too many", {"json": {"instances": [np.zeros((12, 12)).tolist()] * 17}},
+         413, "limit of 16"),
+        ("wrong content type", {"content": b"hello", "headers": {"content-type": "text/plain"}},
+         415, "application/json"),
+    ]
+
+
+@pytest.mark.parametrize("name,kwargs,status,fragment", _bad_requests(),
+                         ids=[b[0] for b in _bad_requests()])
+def test_bad_requests_get_clear_json_errors(server, name, kwargs, status, fragment):
+    r = httpx.post(server + "/v1/predict", **kwargs)
+    assert r.status_code == status, r.text
+    assert fragment in r.json()["error"]
+    assert httpx.get(server + "/healthz").status_code == 200  # and the server lives on
+
+
+def test_wrong_method_and_path(server):
+    assert httpx.get(server + "/v1/predict").status_code == 405
+    assert httpx.get(server + "/nope").status_code == 404
+
+
+def test_limits_and_binding_are_checked(trained_run, capsys):
+    with pytest.raises(ConfigError, match="max_batch must be >= 1"):
+        ServeLimits(max_batch=0)
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and not is_loopback("0.0.0.0")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["serve", str(trained_run), "--port", str(port)]) == 2
+    assert "cannot listen on 127.0.0.1" in capsys.readouterr().err
+    assert main(["serve", str(trained_run), "--port", "99999"]) == 2
+    captured = capsys.readouterr()
+    assert "--port must be in 0..65535" in captured.err and "Serving" not in captured.out
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed "
+                    "(apt-get install chromium); the page test drives it headless")
+def test_page_in_headless_chromium(server, trained_run, tmp_path):
+    playwright = pytest.importorskip("playwright.sync_api")
+    img = np.random.default_rng(9).integers(0, 255, (12, 12), dtype=np.uint8)
+    path = tmp_path / "xray.png"
+    path.write_bytes(_png(img))
+    want = predict(trained_run, [path]).predictions[0]
+    requested: list[str] = []
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"],
+        )
+        try:
+            page = browser.new_page()
+            page.on("request", lambda req: requested.append(req.url))
+            page.goto(server + "/")
+            page.wait_for_function("document.getElementById('model').textContent"
+                                   ".includes('threshold')", timeout=15000)
+            page.set_input_files("#file", str(path))
+            page.wait_for_selector("#result:not([hidden])", timeout=15000)
+            shown_class = page.text_content("#class")
+            shown_prob = float(page.get_attribute("#result", "data-probability"))
+            text_prob = float(page.text_content("#prob"))
+            bar = page.eval_on_selector("#fill", "e => parseFloat(e.style.width)")
+            marker = page.eval_on_selector("#marker", "e => parseFloat(e.style.left)")
+            canvas = page.eval_on_selector("#image", "e => [e.width, e.height]")
+            error = page.text_content("#error")
+        finally:
+            browser.close()
+    assert error == ""
+    assert shown_class == want.predicted_class
+    assert shown_prob == pytest.approx(want.probability, abs=1e-5)
+    assert text_prob == pytest.approx(want.probability, abs=1e-4)
+    assert bar == pytest.approx(100 * want.probability, abs=1e-3)
+    assert marker == pytest.approx(100 * load_run(trained_run).threshold)
+    assert canvas == [12, 12]
+    assert requested and all(u.startswith(server) for u in requested)  # nothing external
+
+
+@pytest.mark.slow
+def test_bounded_load_without_errors(server, source_images):
+    _, x = source_images
+    result = serve_load.run_load(server, serve_load.request_bodies(x), n_requests=2000,
+                                 clients=8)
+    assert result["requests"] == 2000
+    assert result["errors"] == 0, result["first_errors"]
+    assert 0 < result["p50_ms"] <= result["p99_ms"]
+    assert result["requests_per_s"] > 0
+    print(json.dumps(result))
+
+
+@pytest.mark.slow  # starts a second server: about 10 s on a busy machine
+def test_ctrl_c_stops_the_server_cleanly(trained_run):
+    port = serve_load.free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "l1cnn.cli", "serve", str(trained_run),
+                             "--port", str(port)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.25)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0
+    assert out.decode().splitlines()[-1] == "Stopped."
+    assert "Traceback" not in err.decode() and "error:" not in err.decode()
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+
+
+def test_cli_refuses_a_missing_run(tmp_path, capsys):
+    assert main(["serve", str(tmp_path / "none")]) == 2
+    assert "does not exist" in capsys.readouterr().err
