@@ -90,3 +90,15 @@ def test_data_loss_matches_keras_bce() -> None:
 def test_too_small_images_refused() -> None:
     with pytest.raises(ConfigError, match="too small for this network"):
         build_model(ModelConfig(), (5, 5, 1))
+
+
+def test_soft_threshold_zeros_are_positive() -> None:
+    from l1cnn.losses import soft_threshold
+
+    model = build_model(ModelConfig(conv_filters=(4, 8), dense_units=8), (12, 12, 1))
+    kernels = regularized_kernels(model)
+    soft_threshold(kernels, 0.05)
+    for kernel in kernels:
+        values = np.asarray(kernel.numpy())
+        zeros = values[values == 0]
+        assert zeros.size > 0 and not np.any(np.signbit(zeros))  # +0.0, never -0.0

@@ -182,3 +182,11 @@ def test_ctrl_c_leaves_a_usable_run(xy_npz: Path, tmp_path: Path) -> None:
     assert info["status"] == "interrupted"
     run = load_run(out)
     assert run.model is not None and (out / "metrics.json").exists()
+
+
+def test_run_files_are_readable_by_others(trained_run: Path) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("model.keras", "metrics.json", "config.toml"):
+        mode = (trained_run / name).stat().st_mode & 0o777
+        assert mode == 0o666 & ~umask, (name, oct(mode))

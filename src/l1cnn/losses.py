@@ -35,4 +35,5 @@ def l1_penalty(kernels: list[Any], l1_lambda: float) -> Any:
 def soft_threshold(kernels: list[Any], amount: float) -> None:
     """Proximal step for L1: ``w <- sign(w) * max(|w| - amount, 0)``, making small weights 0."""
     for kernel in kernels:
-        kernel.assign(ops.sign(kernel) * ops.maximum(ops.abs(kernel) - amount, 0.0))
+        # "+ 0.0" turns the -0.0 of negative weights into +0.0 (all zeros compress alike)
+        kernel.assign(ops.sign(kernel) * ops.maximum(ops.abs(kernel) - amount, 0.0) + 0.0)

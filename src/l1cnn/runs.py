@@ -39,10 +39,18 @@ LOCK_FILE = "train.lock"
 FINAL_STATUSES = ("completed", "early_stopped", "diverged")
 
 
+def _umask_permissions(fd: int) -> None:
+    """Give a mkstemp file (0600) the permissions a plain ``open`` would have."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder, then rename."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    _umask_permissions(fd)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -102,6 +110,7 @@ def save_model_atomic(model: Any, path: str | Path) -> str:
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".keras")
+    _umask_permissions(fd)
     os.close(fd)
     try:
         model.save(tmp)
