@@ -35,15 +35,16 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_server(run: str | Path, port: int, *extra: str,
-                   timeout: float = 90.0) -> Iterator[str]:
+def running_server(run: str | Path, port: int, *extra: str, timeout: float = 90.0) -> Iterator[str]:
     """``l1cnn serve RUN`` in a subprocess; yields its base URL and always stops it."""
     import httpx
 
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "l1cnn.cli", "serve", str(run), "--port", str(port), *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -72,8 +73,9 @@ def running_server(run: str | Path, port: int, *extra: str,
             proc.stdout.close()
 
 
-def run_load(url: str, bodies: list[bytes], n_requests: int = 2000,
-             clients: int = 8) -> dict[str, Any]:
+def run_load(
+    url: str, bodies: list[bytes], n_requests: int = 2000, clients: int = 8
+) -> dict[str, Any]:
     """Send ``n_requests`` POST /v1/predict JSON requests from ``clients`` threads; then stop.
 
     Args:
@@ -94,8 +96,9 @@ def run_load(url: str, bodies: list[bytes], n_requests: int = 2000,
 
     def client() -> None:
         nonlocal next_index
-        with httpx.Client(base_url=url, timeout=30.0,
-                          headers={"content-type": "application/json"}) as http:
+        with httpx.Client(
+            base_url=url, timeout=30.0, headers={"content-type": "application/json"}
+        ) as http:
             while True:
                 with lock:
                     if next_index >= n_requests:
@@ -156,10 +159,12 @@ def main() -> int:
         result = run_load(url, request_bodies(images), args.requests, args.clients)
     print(json.dumps(result, indent=2))
     cpu = f"{os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}"
-    print(f"| {dt.date.today()} | {run.path.name} {'x'.join(map(str, run.image_shape))} | "
-          f"{result['requests']} | {result['clients']} | {result['errors']} | "
-          f"{result['requests_per_s']:.0f} | {result['p50_ms']:.1f} | {result['p99_ms']:.1f} | "
-          f"{cpu} |")
+    print(
+        f"| {dt.date.today()} | {run.path.name} {'x'.join(map(str, run.image_shape))} | "
+        f"{result['requests']} | {result['clients']} | {result['errors']} | "
+        f"{result['requests_per_s']:.0f} | {result['p50_ms']:.1f} | {result['p99_ms']:.1f} | "
+        f"{cpu} |"
+    )
     return 0 if result["errors"] == 0 else 1
 
 

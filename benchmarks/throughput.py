@@ -59,8 +59,17 @@ def _load() -> tuple:
     import numpy as np
 
     with np.load(DATA) as npz:
-        return tuple(npz[k] for k in ("train_images", "train_labels", "val_images", "val_labels",
-                                      "test_images", "test_labels"))
+        return tuple(
+            npz[k]
+            for k in (
+                "train_images",
+                "train_labels",
+                "val_images",
+                "val_labels",
+                "test_images",
+                "test_labels",
+            )
+        )
 
 
 def _latency(call, image) -> float:
@@ -76,26 +85,28 @@ def _latency(call, image) -> float:
 def run_reference(max_epochs: int) -> dict:
     """Plain Keras: the specified model, NumPy arrays into model.fit."""
     import keras
-    import numpy as np
     from sklearn.metrics import roc_auc_score
 
     keras.utils.set_random_seed(42)
     xtr, ytr, xva, yva, xte, yte = _load()
     xtr, xva, xte = (x[..., None].astype("float32") / 255.0 for x in (xtr, xva, xte))
     reg = keras.regularizers.L1(0.01)
-    model = keras.Sequential([
-        keras.Input(xtr.shape[1:]),
-        keras.layers.Conv2D(32, 3, activation="relu", kernel_regularizer=reg),
-        keras.layers.Conv2D(64, 3, activation="relu", kernel_regularizer=reg),
-        keras.layers.MaxPooling2D(2),
-        keras.layers.Dropout(0.5),
-        keras.layers.Flatten(),
-        keras.layers.Dense(64, activation="relu", kernel_regularizer=reg),
-        keras.layers.Dropout(0.5),
-        keras.layers.Dense(1, activation="sigmoid", kernel_regularizer=reg),
-    ])
-    model.compile(optimizer=keras.optimizers.RMSprop(0.001), loss="binary_crossentropy",
-                  metrics=["accuracy"])
+    model = keras.Sequential(
+        [
+            keras.Input(xtr.shape[1:]),
+            keras.layers.Conv2D(32, 3, activation="relu", kernel_regularizer=reg),
+            keras.layers.Conv2D(64, 3, activation="relu", kernel_regularizer=reg),
+            keras.layers.MaxPooling2D(2),
+            keras.layers.Dropout(0.5),
+            keras.layers.Flatten(),
+            keras.layers.Dense(64, activation="relu", kernel_regularizer=reg),
+            keras.layers.Dropout(0.5),
+            keras.layers.Dense(1, activation="sigmoid", kernel_regularizer=reg),
+        ]
+    )
+    model.compile(
+        optimizer=keras.optimizers.RMSprop(0.001), loss="binary_crossentropy", metrics=["accuracy"]
+    )
     epoch_times: list[float] = []
 
     class Timer(keras.callbacks.Callback):
@@ -106,9 +117,15 @@ def run_reference(max_epochs: int) -> dict:
             epoch_times.append(time.perf_counter() - self.start)
 
     start = time.perf_counter()
-    model.fit(xtr, ytr, batch_size=32, epochs=max_epochs, validation_data=(xva, yva), verbose=0,
-              callbacks=[keras.callbacks.EarlyStopping(patience=5, restore_best_weights=True),
-                         Timer()])
+    model.fit(
+        xtr,
+        ytr,
+        batch_size=32,
+        epochs=max_epochs,
+        validation_data=(xva, yva),
+        verbose=0,
+        callbacks=[keras.callbacks.EarlyStopping(patience=5, restore_best_weights=True), Timer()],
+    )
     wall = time.perf_counter() - start
     model.predict(xte, batch_size=256, verbose=0)
     start = time.perf_counter()
@@ -116,8 +133,14 @@ def run_reference(max_epochs: int) -> dict:
         probs = model.predict(xte, batch_size=256, verbose=0)
     predict_s = (time.perf_counter() - start) / PREDICT_REPEATS
     latency = _latency(lambda x: model(x, training=False), xte[:1])
-    return _result(len(xtr), epoch_times, wall, len(xte) / predict_s, latency,
-                   float(roc_auc_score(yte.reshape(-1), probs.reshape(-1))))
+    return _result(
+        len(xtr),
+        epoch_times,
+        wall,
+        len(xte) / predict_s,
+        latency,
+        float(roc_auc_score(yte.reshape(-1), probs.reshape(-1))),
+    )
 
 
 def run_l1cnn(max_epochs: int) -> dict:
@@ -131,8 +154,9 @@ def run_l1cnn(max_epochs: int) -> dict:
 
     out = Path(os.environ.get("TMPDIR", "/tmp")) / f"l1cnn-bench-{os.getpid()}"
     start = time.perf_counter()
-    result = train(DATA, load_config(None, [f"epochs={max_epochs}", "seed=42"]), out=out,
-                   overwrite=True)
+    result = train(
+        DATA, load_config(None, [f"epochs={max_epochs}", "seed=42"]), out=out, overwrite=True
+    )
     wall = time.perf_counter() - start
     run = load_run(out)
     test = reload_run_data(run).splits["test"]
@@ -145,12 +169,24 @@ def run_l1cnn(max_epochs: int) -> dict:
     latency = _latency(forward, test.images[:1].astype(np.float32))
     epoch_times = [h["seconds"] for h in result.history]
     n_train = result.data["counts"]["train"]
-    return _result(sum(n_train.values()), epoch_times, wall, len(test) / predict_s, latency,
-                   float(roc_auc_score(test.labels, probs)))
+    return _result(
+        sum(n_train.values()),
+        epoch_times,
+        wall,
+        len(test) / predict_s,
+        latency,
+        float(roc_auc_score(test.labels, probs)),
+    )
 
 
-def _result(n_train: int, epoch_times: list[float], wall: float, predict_ips: float,
-            latency_ms: float, roc_auc: float) -> dict:
+def _result(
+    n_train: int,
+    epoch_times: list[float],
+    wall: float,
+    predict_ips: float,
+    latency_ms: float,
+    roc_auc: float,
+) -> dict:
     steady = epoch_times[1:] or epoch_times  # the first epoch includes tracing/compilation
     return {
         "train_images_per_s": n_train / statistics.median(steady),
@@ -165,8 +201,13 @@ def _result(n_train: int, epoch_times: list[float], wall: float, predict_ips: fl
 
 def _child(variant: str, max_epochs: int) -> dict:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT / "src")}
-    proc = subprocess.run([sys.executable, __file__, "--child", variant, "--max-epochs",
-                           str(max_epochs)], capture_output=True, text=True, env=env, check=False)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", variant, "--max-epochs", str(max_epochs)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
     if proc.returncode != 0:
         raise SystemExit(f"{variant} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -175,8 +216,11 @@ def _child(variant: str, max_epochs: int) -> dict:
 def _machine() -> str:
     try:
         lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        model = next(line.split(":", 1)[1].strip() for line in lscpu.splitlines()
-                     if line.startswith("Model name"))
+        model = next(
+            line.split(":", 1)[1].strip()
+            for line in lscpu.splitlines()
+            if line.startswith("Model name")
+        )
     except (OSError, StopIteration):
         model = platform.processor() or "unknown CPU"
     return f"{model}, {os.cpu_count()} cores"
@@ -218,8 +262,10 @@ def main() -> None:
         ("peak RSS (MB)", "peak_rss_mb", "{:.0f}"),
         ("test ROC-AUC", "test_roc_auc", "{:.3f}"),
     ]
-    lines = ["| measure | reference (plain Keras) | l1cnn | l1cnn / reference |",
-             "| --- | --- | --- | --- |"]
+    lines = [
+        "| measure | reference (plain Keras) | l1cnn | l1cnn / reference |",
+        "| --- | --- | --- | --- |",
+    ]
     for label, key, fmt in rows:
         ref, ours = med["reference"][key], med["l1cnn"][key]
         ratio = f"{ours / ref:.2f}" if ref else "-"
@@ -248,7 +294,7 @@ def main() -> None:
     marker = "## Throughput,"
     if marker in previous:  # keep other sections (e.g. serving), replace this one
         before, _, rest = previous.partition(marker)
-        after = rest[rest.find("\n## ") + 1:] if "\n## " in rest else ""
+        after = rest[rest.find("\n## ") + 1 :] if "\n## " in rest else ""
         previous = before + after
     args.out.write_text(previous.rstrip() + "\n\n" + text)
 

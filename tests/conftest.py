@@ -15,7 +15,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from l1cnn.config import Config, config_from_dict  # noqa: E402
 
-SHARED_NPZ = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pneumoniamnist_balanced.npz"
+SHARED_NPZ = (
+    Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pneumoniamnist_balanced.npz"
+)
 
 
 def tiny_config(**sections: dict) -> Config:
@@ -29,7 +31,9 @@ def tiny_config(**sections: dict) -> Config:
     return config_from_dict(raw)
 
 
-def make_images(n: int, size: int = 12, seed: int = 0, channels: int = 1) -> tuple[np.ndarray, np.ndarray]:
+def make_images(
+    n: int, size: int = 12, seed: int = 0, channels: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
     """Learnable toy images: class 1 has a bright square in the top-left corner."""
     rng = np.random.default_rng(seed)
     labels = np.arange(n) % 2
@@ -38,8 +42,14 @@ def make_images(n: int, size: int = 12, seed: int = 0, channels: int = 1) -> tup
     return images, labels
 
 
-def write_class_folders(root: Path, n: int = 40, size: int = 12, channels: int = 1,
-                        names: tuple[str, str] = ("cat", "dog"), seed: int = 0) -> Path:
+def write_class_folders(
+    root: Path,
+    n: int = 40,
+    size: int = 12,
+    channels: int = 1,
+    names: tuple[str, str] = ("cat", "dog"),
+    seed: int = 0,
+) -> Path:
     """Write ``n`` PNGs into root/<name>/ folders (label 1 -> names[1])."""
     from PIL import Image
 
@@ -85,8 +95,9 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     x, y = make_images(120, seed=3)
     data = root / "data.npz"
     np.savez(data, x=x, y=y)
-    result = train(data, tiny_config(model={"l1_lambda": 0.0001}, train={"epochs": 3}),
-                   out=root / "run")
+    result = train(
+        data, tiny_config(model={"l1_lambda": 0.0001}, train={"epochs": 3}), out=root / "run"
+    )
     return result.run_dir
 
 

@@ -15,8 +15,17 @@ from conftest import make_images, write_class_folders
 
 from l1cnn.cli import main
 
-TINY = ["--conv-filters", "4,8", "--dense-units", "8", "--epochs", "2", "--batch-size", "16",
-        "--quiet"]
+TINY = [
+    "--conv-filters",
+    "4,8",
+    "--dense-units",
+    "8",
+    "--epochs",
+    "2",
+    "--batch-size",
+    "16",
+    "--quiet",
+]
 
 
 def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -64,15 +73,36 @@ def test_train_evaluate_predict_on_class_folders(tmp_path: Path, capsys) -> None
 def test_train_options_reach_the_config(tmp_path: Path, capsys) -> None:
     x, y = make_images(60)
     np.savez(tmp_path / "d.npz", x=x, y=y)
-    code, _, err = run_cli(["train", tmp_path / "d.npz", "--out", tmp_path / "r", *TINY,
-                            "--set", "l1_lambda=0.002", "--positive-class", "0",
-                            "--class-weight", "balanced", "--seed", "3"], capsys)
+    code, _, err = run_cli(
+        [
+            "train",
+            tmp_path / "d.npz",
+            "--out",
+            tmp_path / "r",
+            *TINY,
+            "--set",
+            "l1_lambda=0.002",
+            "--positive-class",
+            "0",
+            "--class-weight",
+            "balanced",
+            "--seed",
+            "3",
+        ],
+        capsys,
+    )
     assert code == 0, err
     text = (tmp_path / "r" / "config.toml").read_text()
-    for line in ("l1_lambda = 0.002", 'positive_class = "0"', 'class_weight = "balanced"',
-                 "seed = 3", "conv_filters = [\n    4,\n    8,\n]"):
+    for line in (
+        "l1_lambda = 0.002",
+        'positive_class = "0"',
+        'class_weight = "balanced"',
+        "seed = 3",
+        "conv_filters = [\n    4,\n    8,\n]",
+    ):
         assert line in text or line.replace("\n", "").replace("    ", " ") in text.replace(
-            "\n", "").replace("    ", " "), line
+            "\n", ""
+        ).replace("    ", " "), line
 
 
 def test_help_lists_every_option_with_default(capsys) -> None:
@@ -80,13 +110,20 @@ def test_help_lists_every_option_with_default(capsys) -> None:
         main(["train", "--help"])
     assert info.value.code == 0
     text = capsys.readouterr().out
-    text = " ".join(text[text.index("config keys"):].split())  # options, not usage; unwrapped
-    for flag, default in (("--l1-lambda", "0.01"), ("--dropout-rate", "0.5"),
-                          ("--learning-rate", "0.001"), ("--batch-size", "32"),
-                          ("--epochs", "100"), ("--patience", "5"), ("--conv-filters", "32,64"),
-                          ("--class-weight", "none"), ("--image-size", "auto")):
+    text = " ".join(text[text.index("config keys") :].split())  # options, not usage; unwrapped
+    for flag, default in (
+        ("--l1-lambda", "0.01"),
+        ("--dropout-rate", "0.5"),
+        ("--learning-rate", "0.001"),
+        ("--batch-size", "32"),
+        ("--epochs", "100"),
+        ("--patience", "5"),
+        ("--conv-filters", "32,64"),
+        ("--class-weight", "none"),
+        ("--image-size", "auto"),
+    ):
         assert flag in text
-        after = text[text.index(flag):]
+        after = text[text.index(flag) :]
         assert f"(default: {default})" in after[:200], flag
 
 
@@ -139,8 +176,9 @@ def test_bad_images_listed_then_skipped(tmp_path: Path, capsys) -> None:
     code, _, err = run_cli(["train", root, "--out", tmp_path / "r", *TINY], capsys)
     assert_one_line_error(code, err, "oops.png", "--skip-bad-images")
     _no_run_left(tmp_path / "r")
-    code, out, err = run_cli(["train", root, "--out", tmp_path / "r", *TINY,
-                              "--skip-bad-images"], capsys)
+    code, out, err = run_cli(
+        ["train", root, "--out", tmp_path / "r", *TINY, "--skip-bad-images"], capsys
+    )
     assert code == 0, err
     data = json.loads((tmp_path / "r" / "data.json").read_text())
     assert len(data["skipped_images"]) == 1 and "oops.png" in data["skipped_images"][0]
@@ -213,8 +251,16 @@ def test_predict_bad_output_and_inputs(trained_run: Path, tmp_path: Path, capsys
     code, _, err = run_cli(["predict", trained_run, tmp_path / "none.png"], capsys)
     assert_one_line_error(code, err, "none.png", "does not exist")
     (tmp_path / "x.png").write_bytes(b"garbage")
-    code, _, err = run_cli(["predict", trained_run, tmp_path / "x.png", "--output",
-                            tmp_path / "no" / "such" / "dir" / "p.csv"], capsys)
+    code, _, err = run_cli(
+        [
+            "predict",
+            trained_run,
+            tmp_path / "x.png",
+            "--output",
+            tmp_path / "no" / "such" / "dir" / "p.csv",
+        ],
+        capsys,
+    )
     assert_one_line_error(code, err, "cannot be written")
 
 
@@ -222,8 +268,12 @@ def test_console_script_runs(tmp_path: Path) -> None:
     exe = Path(sys.executable).parent / "l1cnn"
     if not exe.exists():
         pytest.skip(f"console script not installed next to {sys.executable}")
-    proc = subprocess.run([str(exe), "evaluate", str(tmp_path / "nothing")], capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [str(exe), "evaluate", str(tmp_path / "nothing")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error: ") and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr

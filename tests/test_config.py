@@ -31,8 +31,16 @@ def test_smoke_toml_loads() -> None:
 
 
 def test_overrides_bare_and_dotted_keys() -> None:
-    c = load_config(None, ["l1_lambda=0.001", "train.batch_size=8", "conv_filters=[4, 8]",
-                           "positive_class=dog", "threshold=0.3"])
+    c = load_config(
+        None,
+        [
+            "l1_lambda=0.001",
+            "train.batch_size=8",
+            "conv_filters=[4, 8]",
+            "positive_class=dog",
+            "threshold=0.3",
+        ],
+    )
     assert c.model.l1_lambda == 0.001 and c.train.batch_size == 8
     assert c.model.conv_filters == (4, 8)
     assert c.data.positive_class == "dog" and c.train.threshold == "0.3"
@@ -98,5 +106,16 @@ def test_fractions_must_leave_training_data() -> None:
 
 def test_option_help_lists_every_key() -> None:
     keys = {name for _, name, _, _ in option_help()}
-    assert {"l1_lambda", "dropout_rate", "learning_rate", "batch_size", "epochs", "patience",
-            "image_size", "channels", "positive_class", "class_weight", "seed"} <= keys
+    assert {
+        "l1_lambda",
+        "dropout_rate",
+        "learning_rate",
+        "batch_size",
+        "epochs",
+        "patience",
+        "image_size",
+        "channels",
+        "positive_class",
+        "class_weight",
+        "seed",
+    } <= keys

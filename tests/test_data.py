@@ -96,8 +96,7 @@ def test_medmnist_style_npz(npz_file: Path) -> None:
 def test_npz_test_only_split_carves_validation(tmp_path: Path) -> None:
     x, y = make_images(100)
     path = tmp_path / "tt.npz"
-    np.savez(path, train_images=x[:80], train_labels=y[:80], test_images=x[80:],
-             test_labels=y[80:])
+    np.savez(path, train_images=x[:80], train_labels=y[:80], test_images=x[80:], test_labels=y[80:])
     ds = load_data(path, DataConfig(), seed=0)
     assert len(ds.splits["test"]) == 20 and ds.split_origin["test"] == "given"
     assert ds.split_origin["val"] == "stratified" and len(ds.splits["val"]) == 14

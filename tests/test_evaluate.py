@@ -177,9 +177,14 @@ def test_no_validation_images_is_a_data_error() -> None:
 
 @pytest.mark.parametrize(
     ("rule", "parsed"),
-    [("0.5", ("fixed", 0.5)), ("1", ("fixed", 1.0)), ("f1", ("f1", None)),
-     ("Youden", ("youden", None)), ("recall=0.95", ("recall", 0.95)),
-     ("precision = 0.9", ("precision", 0.9))],
+    [
+        ("0.5", ("fixed", 0.5)),
+        ("1", ("fixed", 1.0)),
+        ("f1", ("f1", None)),
+        ("Youden", ("youden", None)),
+        ("recall=0.95", ("recall", 0.95)),
+        ("precision = 0.9", ("precision", 0.9)),
+    ],
 )
 def test_parse_rule(rule: str, parsed: tuple) -> None:
     assert parse_threshold_rule(rule) == parsed

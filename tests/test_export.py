@@ -48,8 +48,9 @@ def _check_record(record: dict, fmt: str, quantize: str | None = None) -> dict:
     return parity
 
 
-def test_savedmodel_takes_uint8_and_carries_classes_and_threshold(run, test_split, keras_probs,
-                                                                 tmp_path):
+def test_savedmodel_takes_uint8_and_carries_classes_and_threshold(
+    run, test_split, keras_probs, tmp_path
+):
     import tensorflow as tf
 
     record = export_run(run, ExportOptions("savedmodel"), out=tmp_path / "sm")
@@ -58,8 +59,10 @@ def test_savedmodel_takes_uint8_and_carries_classes_and_threshold(run, test_spli
     assert parity["class_agreement"] == 1.0
     # The folder is a TF Serving model base path: version 1 holds the SavedModel.
     assert (tmp_path / "sm" / "1" / "saved_model.pb").exists()
-    assert json.loads((tmp_path / "sm" / "1" / "assets.extra" / "l1cnn.json").read_text())[
-        "threshold"] == run.threshold
+    assert (
+        json.loads((tmp_path / "sm" / "1" / "assets.extra" / "l1cnn.json").read_text())["threshold"]
+        == run.threshold
+    )
     loaded = tf.saved_model.load(str(tmp_path / "sm" / "1"))
     serve = loaded.signatures["serving_default"]
     assert serve.structured_input_signature[1]["pixels"].dtype == tf.uint8
@@ -76,8 +79,10 @@ def test_savedmodel_takes_uint8_and_carries_classes_and_threshold(run, test_spli
     via_export = predict_export(tmp_path / "sm", [source]).predictions
     via_run = predict(run, [source]).predictions
     assert [p.id for p in via_export] == [p.id for p in via_run]
-    assert max(abs(a.probability - b.probability) for a, b in zip(via_export, via_run,
-                                                                    strict=True)) <= 1e-4
+    assert (
+        max(abs(a.probability - b.probability) for a, b in zip(via_export, via_run, strict=True))
+        <= 1e-4
+    )
 
 
 def test_onnx_runs_in_onnxruntime_like_keras(run, test_split, keras_probs, tmp_path):
@@ -87,8 +92,9 @@ def test_onnx_runs_in_onnxruntime_like_keras(run, test_split, keras_probs, tmp_p
     parity = _check_record(record, "onnx")
     assert parity["passed"] is True
     assert [p.name for p in tmp_path.iterdir()] == ["onnx"]  # the staging folder was renamed
-    session = ort.InferenceSession(str(tmp_path / "onnx" / "model.onnx"),
-                                   providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(tmp_path / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
     (inp,) = session.get_inputs()
     assert inp.name == "pixels" and inp.shape[1:] == [12, 12, 1]
     got = session.run(None, {"pixels": test_split.images.astype(np.float32)})[0].reshape(-1)

@@ -21,8 +21,9 @@ from l1cnn.config import DataConfig
 from l1cnn.data import iter_predict_inputs, load_data, load_image
 from l1cnn.errors import L1CNNError
 
-FUZZ = settings(max_examples=150, deadline=None, derandomize=True,
-                suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +37,12 @@ def _valid_images() -> dict[str, bytes]:
     rng = np.random.default_rng(0)
     gray = Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8))
     out = {}
-    for ext, fmt, img in ((".png", "PNG", gray), (".jpg", "JPEG", gray.convert("RGB")),
-                          (".gif", "GIF", gray), (".bmp", "BMP", gray.convert("RGB"))):
+    for ext, fmt, img in (
+        (".png", "PNG", gray),
+        (".jpg", "JPEG", gray.convert("RGB")),
+        (".gif", "GIF", gray),
+        (".bmp", "BMP", gray.convert("RGB")),
+    ):
         buf = io.BytesIO()
         img.save(buf, fmt)
         out[ext] = buf.getvalue()
@@ -86,25 +91,36 @@ def test_random_and_mutated_bytes_as_images(scratch: Path, ext: str, data: st.Da
 @FUZZ
 @given(data=st.data())
 def test_random_and_mutated_bytes_as_npz(scratch: Path, data: st.DataObject) -> None:
-    raw = data.draw(st.one_of(st.binary(max_size=256), mutated(VALID_NPZ[0]),
-                              mutated(VALID_NPZ[1])))
+    raw = data.draw(
+        st.one_of(st.binary(max_size=256), mutated(VALID_NPZ[0]), mutated(VALID_NPZ[1]))
+    )
     path = scratch / "fuzz.npz"
     path.write_bytes(raw)
     _only_library_errors(lambda: load_data(path, DataConfig(), 0))
     _only_library_errors(lambda: list(iter_predict_inputs([path])))
 
 
-DTYPES = st.one_of(hnp.integer_dtypes(), hnp.unsigned_integer_dtypes(), hnp.floating_dtypes(),
-                   hnp.boolean_dtypes(), hnp.complex_number_dtypes(), hnp.unicode_string_dtypes(),
-                   hnp.byte_string_dtypes(), hnp.datetime64_dtypes())
+DTYPES = st.one_of(
+    hnp.integer_dtypes(),
+    hnp.unsigned_integer_dtypes(),
+    hnp.floating_dtypes(),
+    hnp.boolean_dtypes(),
+    hnp.complex_number_dtypes(),
+    hnp.unicode_string_dtypes(),
+    hnp.byte_string_dtypes(),
+    hnp.datetime64_dtypes(),
+)
 
 
 @FUZZ
-@given(x=hnp.arrays(DTYPES, hnp.array_shapes(min_dims=0, max_dims=5, max_side=6)),
-       y=hnp.arrays(DTYPES, hnp.array_shapes(min_dims=0, max_dims=2, max_side=40)),
-       layout=st.sampled_from(["xy", "splits"]))
-def test_random_arrays_into_the_npz_loader(scratch: Path, x: np.ndarray, y: np.ndarray,
-                                           layout: str) -> None:
+@given(
+    x=hnp.arrays(DTYPES, hnp.array_shapes(min_dims=0, max_dims=5, max_side=6)),
+    y=hnp.arrays(DTYPES, hnp.array_shapes(min_dims=0, max_dims=2, max_side=40)),
+    layout=st.sampled_from(["xy", "splits"]),
+)
+def test_random_arrays_into_the_npz_loader(
+    scratch: Path, x: np.ndarray, y: np.ndarray, layout: str
+) -> None:
     path = scratch / "arrays.npz"
     if layout == "xy":
         np.savez(path, x=x, y=y)

@@ -30,8 +30,17 @@ from PIL import Image
 from l1cnn.cli import main
 from l1cnn.data import MAX_IMAGE_PIXELS
 
-TINY = ["--conv-filters", "4,8", "--dense-units", "8", "--epochs", "1", "--batch-size", "16",
-        "--quiet"]
+TINY = [
+    "--conv-filters",
+    "4,8",
+    "--dense-units",
+    "8",
+    "--epochs",
+    "1",
+    "--batch-size",
+    "16",
+    "--quiet",
+]
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
@@ -62,12 +71,20 @@ def _png_with_declared_size(width: int, height: int) -> bytes:
     """A PNG header that declares ``width`` x ``height`` pixels, with almost no data after it."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-            + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 def _gray(size: int = 12, seed: int = 0) -> np.ndarray:
@@ -152,8 +169,9 @@ def test_each_bad_image_is_named_by_every_command(
     assert_one_line_error(code, err, name, problem)
 
 
-def test_odd_valid_images_load_and_ignored_files_are_ignored(trained_run: Path, tmp_path: Path,
-                                                             capsys) -> None:
+def test_odd_valid_images_load_and_ignored_files_are_ignored(
+    trained_run: Path, tmp_path: Path, capsys
+) -> None:
     folder = _hostile_folder(tmp_path / "data")
     code, out, err = run_cli(["predict", trained_run, folder], capsys)
     assert code == 0, err
@@ -168,13 +186,15 @@ def test_odd_valid_images_load_and_ignored_files_are_ignored(trained_run: Path, 
 
 
 @pytest.mark.slow
-def test_skip_bad_images_trains_on_the_rest_with_a_warning(trained_run: Path, tmp_path: Path,
-                                                          capsys) -> None:
+def test_skip_bad_images_trains_on_the_rest_with_a_warning(
+    trained_run: Path, tmp_path: Path, capsys
+) -> None:
     bad = {name: make() for name, (make, _) in BAD_IMAGES.items()}
     folder = _hostile_folder(tmp_path / "data", bad)
     run = tmp_path / "run"
-    code, out, err = run_cli(["train", folder, "--out", run, "--image-size", "12", *TINY,
-                              "--skip-bad-images"], capsys)
+    code, out, err = run_cli(
+        ["train", folder, "--out", run, "--image-size", "12", *TINY, "--skip-bad-images"], capsys
+    )
     assert code == 0, err
     assert f"warning: skipped {len(bad)} bad image(s)" in err and "Traceback" not in err
     data = json.loads((run / "data.json").read_text())
@@ -183,8 +203,9 @@ def test_skip_bad_images_trains_on_the_rest_with_a_warning(trained_run: Path, tm
     code, out, err = run_cli(["predict", trained_run, folder, "--skip-bad-images"], capsys)
     assert code == 0 and f"warning: skipped {len(bad)} bad image(s)" in err
     assert len(list(csv.DictReader(io.StringIO(out)))) == 40 + len(_odd_but_valid())
-    code, out, err = run_cli(["evaluate", trained_run, "--data", folder, "--skip-bad-images",
-                              "--json"], capsys)
+    code, out, err = run_cli(
+        ["evaluate", trained_run, "--data", folder, "--skip-bad-images", "--json"], capsys
+    )
     assert code == 0 and f"warning: skipped {len(bad)} bad image(s)" in err
     assert json.loads(out)["n"] == 40 + len(_odd_but_valid())
 
@@ -242,7 +263,8 @@ def _npz_declaring_shape(shape: tuple[int, ...]) -> Callable[[Path], None]:
     def write(path: Path) -> None:
         header = io.BytesIO()
         np.lib.format.write_array_header_1_0(
-            header, {"descr": "|u1", "fortran_order": False, "shape": shape})
+            header, {"descr": "|u1", "fortran_order": False, "shape": shape}
+        )
         with zipfile.ZipFile(path, "w") as z:
             z.writestr("x.npy", header.getvalue() + b"\0" * 64)
             z.writestr("y.npy", header.getvalue() + b"\0" * 64)
@@ -256,16 +278,21 @@ X2 = X[..., 0]
 BAD_ARRAYS: dict[str, tuple[Callable[[Path], None], str, bool]] = {
     "nan": (_npz(x=np.where(X2 > 100, np.nan, X2 / 255.0), y=Y), "NaN or Inf", True),
     "inf": (_npz(x=np.full(X2.shape, np.inf), y=Y), "NaN or Inf", True),
-    "strings": (_npz(x=np.array([["a"] * 12] * 12 * 20).reshape(20, 12, 12), y=Y),
-                "must be numeric", True),
-    "objects": (lambda p: np.savez(p, x=np.array([X2[0], "x"], dtype=object), y=Y[:2]),
-                "Python objects", True),
+    "strings": (
+        _npz(x=np.array([["a"] * 12] * 12 * 20).reshape(20, 12, 12), y=Y),
+        "must be numeric",
+        True,
+    ),
+    "objects": (
+        lambda p: np.savez(p, x=np.array([X2[0], "x"], dtype=object), y=Y[:2]),
+        "Python objects",
+        True,
+    ),
     "five-d": (_npz(x=np.zeros((20, 2, 12, 12, 1)), y=Y), "shape", True),
     "empty": (_npz(x=np.zeros((0, 12, 12)), y=np.zeros(0)), "empty", True),
     "four-channels": (_npz(x=np.zeros((20, 12, 12, 4), np.uint8), y=Y), "channels", True),
     "labels-0-2": (_npz(x=X2, y=Y * 2), "labels must be 0 or 1", False),
-    "string-labels": (_npz(x=X2, y=np.array(["cat", "dog"] * 10)), "labels must be numbers",
-                      False),
+    "string-labels": (_npz(x=X2, y=np.array(["cat", "dog"] * 10)), "labels must be numbers", False),
     "label-count": (_npz(x=X2, y=Y[:7]), "20 images but 7 labels", False),
     "out-of-range": (_npz(x=X2.astype(np.int64) * 10, y=Y), "0..255", True),
     "complex": (_npz(x=X2 + 1j, y=Y), "", True),
@@ -317,13 +344,11 @@ BAD_TOML = {
 
 
 @pytest.mark.parametrize("name", sorted(BAD_TOML))
-def test_each_bad_config_file_is_refused(name: str, npz_file: Path, tmp_path: Path,
-                                         capsys) -> None:
+def test_each_bad_config_file_is_refused(name: str, npz_file: Path, tmp_path: Path, capsys) -> None:
     text, problem = BAD_TOML[name]
     config = tmp_path / f"{name}.toml"
     config.write_text(text, encoding="utf-8")
-    code, _, err = run_cli(["train", npz_file, "--config", config, "--out", tmp_path / "r"],
-                           capsys)
+    code, _, err = run_cli(["train", npz_file, "--config", config, "--out", tmp_path / "r"], capsys)
     assert_one_line_error(code, err, problem)
     assert not (tmp_path / "r").exists()
 
@@ -358,8 +383,21 @@ def test_damaged_run_folder_is_refused_by_evaluate_and_predict(
 def test_a_real_subprocess_reports_hostile_input_without_traceback(tmp_path: Path) -> None:
     folder = _hostile_folder(tmp_path / "data", {"text.png": b"not an image"})
     result = subprocess.run(
-        [sys.executable, "-m", "l1cnn.cli", "train", str(folder), "--out", str(tmp_path / "r"),
-         "--quiet"], env=ENV, capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "l1cnn.cli",
+            "train",
+            str(folder),
+            "--out",
+            str(tmp_path / "r"),
+            "--quiet",
+        ],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
     assert "text.png" in result.stderr and "not a readable image" in result.stderr

@@ -22,8 +22,18 @@ def test_architecture_matches_specification() -> None:
     config = Config()
     model = compile_model(build_model(config.model, (28, 28, 1)), config)
     kinds = [type(layer).__name__ for layer in model.layers]
-    assert kinds == ["InputLayer", "Rescaling", "Conv2D", "Conv2D", "MaxPooling2D", "Dropout",
-                     "Flatten", "Dense", "Dropout", "Dense"]
+    assert kinds == [
+        "InputLayer",
+        "Rescaling",
+        "Conv2D",
+        "Conv2D",
+        "MaxPooling2D",
+        "Dropout",
+        "Flatten",
+        "Dense",
+        "Dropout",
+        "Dense",
+    ]
     conv1, conv2 = _layers(model, keras.layers.Conv2D)
     assert (conv1.filters, conv1.kernel_size, conv1.activation.__name__) == (32, (3, 3), "relu")
     assert (conv2.filters, conv2.kernel_size, conv2.activation.__name__) == (64, (3, 3), "relu")
@@ -50,7 +60,11 @@ def test_compiled_loss_optimizer_and_early_stopping() -> None:
     assert isinstance(model.loss, keras.losses.BinaryCrossentropy)
     stopper = make_early_stopping(config)
     assert stopper is not None
-    assert (stopper.monitor, stopper.patience, stopper.restore_best_weights) == ("val_loss", 5, True)
+    assert (stopper.monitor, stopper.patience, stopper.restore_best_weights) == (
+        "val_loss",
+        5,
+        True,
+    )
     assert (config.train.batch_size, config.train.epochs) == (32, 100)
 
 
@@ -66,7 +80,9 @@ def test_model_takes_raw_pixels() -> None:
 
 
 def test_our_l1_penalty_equals_keras_regularizer_losses() -> None:
-    model = build_model(ModelConfig(conv_filters=(4, 8), dense_units=8, l1_lambda=0.01), (12, 12, 1))
+    model = build_model(
+        ModelConfig(conv_filters=(4, 8), dense_units=8, l1_lambda=0.01), (12, 12, 1)
+    )
     ours = float(l1_penalty(regularized_kernels(model), 0.01))
     assert ours == pytest.approx(float(sum(model.losses)), rel=1e-5)
     assert len(regularized_kernels(model)) == 4
@@ -74,8 +90,11 @@ def test_our_l1_penalty_equals_keras_regularizer_losses() -> None:
 
 def test_proximal_mode_has_no_penalty_in_layers() -> None:
     model = build_model(ModelConfig(l1_mode="proximal"), (12, 12, 1))
-    assert all(layer.kernel_regularizer is None for layer in model.layers
-               if isinstance(layer, keras.layers.Conv2D | keras.layers.Dense))
+    assert all(
+        layer.kernel_regularizer is None
+        for layer in model.layers
+        if isinstance(layer, keras.layers.Conv2D | keras.layers.Dense)
+    )
 
 
 def test_data_loss_matches_keras_bce() -> None:

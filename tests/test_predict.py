@@ -49,14 +49,19 @@ def test_predict_npz_and_files_keep_input_order(trained_run: Path, tmp_path: Pat
     labels = _write_test_pngs(trained_run, tmp_path / "pngs")
     files = sorted((tmp_path / "pngs").iterdir())[:3]
     result = predict(trained_run, [files[2], files[0], files[1]])
-    assert [Path(p.id).name for p in result.predictions] == [files[2].name, files[0].name,
-                                                              files[1].name]
+    assert [Path(p.id).name for p in result.predictions] == [
+        files[2].name,
+        files[0].name,
+        files[1].name,
+    ]
     x = np.stack([np.asarray(Image.open(f)) for f in files])
     np.savez(tmp_path / "few.npz", x=x, y=np.array([labels[f.name] for f in files]))
     from_npz = predict(trained_run, [tmp_path / "few.npz"])
-    np.testing.assert_allclose([p.probability for p in from_npz.predictions],
-                               [p.probability for p in predict(trained_run, files).predictions],
-                               atol=1e-7)
+    np.testing.assert_allclose(
+        [p.probability for p in from_npz.predictions],
+        [p.probability for p in predict(trained_run, files).predictions],
+        atol=1e-7,
+    )
 
 
 def test_predict_resizes_other_sizes_and_colour(trained_run: Path, tmp_path: Path) -> None:

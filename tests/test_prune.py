@@ -54,13 +54,13 @@ def test_prune_without_fine_tuning_writes_a_smaller_run(trained_run, tmp_path):
         n = sparsity[name]["weights"]
         assert sparsity[name]["zeros"] >= int(np.floor(0.9 * n))
     record = json.loads((result.run_dir / "prune.json").read_text())
-    assert record["sparsity"]["total"]["sparsity"] == pytest.approx(
-        sparsity["total"]["sparsity"])
+    assert record["sparsity"]["total"]["sparsity"] == pytest.approx(sparsity["total"]["sparsity"])
     assert record["dense_sparsity"]["total"]["sparsity"] < 0.5
     sizes = record["model_file"]
     assert sizes["pruned"]["gzip_bytes"] < sizes["dense"]["gzip_bytes"]
     assert sizes["gzip_ratio"] == pytest.approx(
-        sizes["pruned"]["gzip_bytes"] / sizes["dense"]["gzip_bytes"])
+        sizes["pruned"]["gzip_bytes"] / sizes["dense"]["gzip_bytes"]
+    )
     # The saved model file itself compresses better than the source run's dense weights.
     assert gzip_size(result.run_dir / "model.keras") == sizes["pruned"]["gzip_bytes"]
     before, after = record["test_before"], record["test_after"]

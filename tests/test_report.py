@@ -23,8 +23,18 @@ from l1cnn.report import PLOTS_DIR, read_run_files, write_comparison, write_repo
 from l1cnn.rethreshold import rechoose_threshold, save_threshold, stored_predictions
 from l1cnn.runs import read_csv, write_csv
 
-ALL_PLOTS = {"learning_curves", "roc", "pr", "confusion", "reliability", "probabilities",
-             "threshold", "weights", "wrong", "saliency"}
+ALL_PLOTS = {
+    "learning_curves",
+    "roc",
+    "pr",
+    "confusion",
+    "reliability",
+    "probabilities",
+    "threshold",
+    "weights",
+    "wrong",
+    "saliency",
+}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -82,9 +92,13 @@ def _module_level_imports(module: str) -> set[str]:
         name = todo.pop()
         path = SRC / (name.replace(".", "/") + ".py")
         for node in ast.parse(path.read_text()).body:  # top level only: lazy imports are fine
-            found = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                     else [node.module] if isinstance(node, ast.ImportFrom) and node.module
-                     else [])
+            found = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module]
+                if isinstance(node, ast.ImportFrom) and node.module
+                else []
+            )
             for mod in found:
                 if mod not in seen:
                     seen.add(mod)
@@ -117,16 +131,16 @@ def test_explanation_arrays_match_the_model_and_data(trained_run: Path) -> None:
     assert exp.weight_counts[2, -1] == int(np.sum(dense >= top))
     wrong_calls = (probs >= 0.5) != (test.labels == 1)
     assert len(exp.wrong_images) == min(5, int(wrong_calls.sum()))
-    assert all(((p >= 0.5) != (y == 1)) for p, y in zip(exp.wrong_probs, exp.wrong_labels,
-                                                         strict=True))
+    assert all(
+        ((p >= 0.5) != (y == 1)) for p, y in zip(exp.wrong_probs, exp.wrong_labels, strict=True)
+    )
     assert exp.saliency_maps.shape == (len(exp.saliency_images), 12, 12)
     assert exp.saliency_maps.min() >= 0 and exp.saliency_maps.max() <= 1
     assert exp.saliency_correct[:2].all()
 
 
 def test_weight_histograms_count_every_weight() -> None:
-    sizes, near, counts = weight_histograms([np.array([0.0, 1e-9, 5e-4, 0.5, 20.0]),
-                                             np.zeros(0)])
+    sizes, near, counts = weight_histograms([np.array([0.0, 1e-9, 5e-4, 0.5, 20.0]), np.zeros(0)])
     assert sizes.tolist() == [5, 0] and near[0] == pytest.approx(3 / 5) and near[1] == 0.0
     assert counts[0, 0] == 2 and counts[0, -1] == 1 and counts[0].sum() == 5  # clipped ends
     assert counts[1].sum() == 0 and counts.shape[1] == len(WEIGHT_EDGES) - 1
@@ -180,8 +194,11 @@ def test_cli_report_refuses_a_non_run(tmp_path: Path, capsys) -> None:
 def test_compare_two_real_runs(trained_run: Path, tmp_path: Path, capsys) -> None:
     x, y = make_images(120, seed=3)
     np.savez(tmp_path / "d.npz", x=x, y=y)
-    other = train(tmp_path / "d.npz", tiny_config(model={"l1_lambda": 0.0}, train={"epochs": 1}),
-                  out=tmp_path / "other").run_dir
+    other = train(
+        tmp_path / "d.npz",
+        tiny_config(model={"l1_lambda": 0.0}, train={"epochs": 1}),
+        out=tmp_path / "other",
+    ).run_dir
     out = tmp_path / "cmp.html"
     assert main(["compare", str(trained_run), str(other), "--out", str(out)]) == 0
     assert f"Compare:  {out}" in capsys.readouterr().out
@@ -232,8 +249,9 @@ def test_evaluate_threshold_rule_without_save_changes_nothing(run_copy: Path, ca
     assert out["threshold"] == pytest.approx(expected)
     assert out["threshold_choice"]["rule"] == "recall=0.9"
     test_y, test_p = stored_predictions(run_copy)["test"]
-    assert out["accuracy"] == pytest.approx(compute_metrics(test_y, test_p, expected)["accuracy"],
-                                            abs=1e-6)
+    assert out["accuracy"] == pytest.approx(
+        compute_metrics(test_y, test_p, expected)["accuracy"], abs=1e-6
+    )
     assert (run_copy / "metrics.json").read_text() == metrics_before
 
 
@@ -280,7 +298,19 @@ def test_bad_threshold_rule_fails_before_training(tmp_path: Path, capsys) -> Non
     x, y = make_images(40)
     np.savez(tmp_path / "d.npz", x=x, y=y)
     out = tmp_path / "never"
-    assert main(["train", str(tmp_path / "d.npz"), "--threshold", "recall=1.5",
-                 "--out", str(out), "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                str(tmp_path / "d.npz"),
+                "--threshold",
+                "recall=1.5",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     assert "needs a target in (0, 1]" in capsys.readouterr().err
     assert not out.exists()

@@ -68,8 +68,9 @@ def test_backup_round_trip_is_exact_and_atomic(tmp_path: Path) -> None:
     assert (fresh_stopper.best, fresh_stopper.best_epoch, fresh_stopper.wait) == (0.25, 2, 1)
     np.testing.assert_array_equal(fresh_stopper.best_weights[0], stopper.best_weights[0])
 
-    bigger = compile_model(build_model(tiny_config(model={"dense_units": 9}).model, (12, 12, 1)),
-                           config)
+    bigger = compile_model(
+        build_model(tiny_config(model={"dense_units": 9}).model, (12, 12, 1)), config
+    )
     with pytest.raises(RunError, match="does not fit the run's model"):
         backup.restore(state, bigger, bigger.optimizer, None)
     (tmp_path / "backup.npz").write_bytes(b"PK\x03\x04 half a zip")
@@ -103,7 +104,8 @@ def test_resume_after_a_kill_in_epoch_one_equals_the_uninterrupted_run(
     expected = _history_without_time(runs.read_csv(trained_run / "history.csv"))
     assert _history_without_time(runs.read_csv(run / "history.csv")) == expected
     assert json.loads((run / "metrics.json").read_text()) == json.loads(
-        (trained_run / "metrics.json").read_text())
+        (trained_run / "metrics.json").read_text()
+    )
     info = json.loads((run / "run.json").read_text())
     assert info["resumed"][0]["from_epoch"] == 0 and info["status"] == result.status
     assert info["model_sha256"] == runs.file_sha256(run / "model.keras")
@@ -131,8 +133,9 @@ def test_resume_refuses_changed_data(trained_run: Path, tmp_path: Path, capsys) 
         (["train"], "train needs DATA"),
     ],
 )
-def test_resume_argument_errors(trained_run: Path, tmp_path: Path, capsys, args: list[str],
-                                fragment: str) -> None:
+def test_resume_argument_errors(
+    trained_run: Path, tmp_path: Path, capsys, args: list[str], fragment: str
+) -> None:
     args = [a.format(missing=tmp_path / "nope", run=trained_run) for a in args]
     assert main(args) == 2
     err = capsys.readouterr().err
@@ -140,10 +143,13 @@ def test_resume_argument_errors(trained_run: Path, tmp_path: Path, capsys, args:
 
 
 def _hold_lock_in_another_process(run: Path) -> subprocess.Popen:
-    code = ("import sys, time; from l1cnn.runs import RunLock; RunLock(sys.argv[1]).acquire(); "
-            "print('locked', flush=True); time.sleep(120)")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(run)], stdout=subprocess.PIPE,
-                            env=ENV, text=True)
+    code = (
+        "import sys, time; from l1cnn.runs import RunLock; RunLock(sys.argv[1]).acquire(); "
+        "print('locked', flush=True); time.sleep(120)"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(run)], stdout=subprocess.PIPE, env=ENV, text=True
+    )
     assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
     return proc
 
@@ -205,12 +211,25 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path: Path)
     config = tiny_config(train={"epochs": 8, "patience": 10, "seed": 11})
     config_file = tmp_path / "config.toml"
     config_file.write_text(dumps_config(config))
-    command = [sys.executable, "-m", "l1cnn.cli", "train", str(data), "--config",
-               str(config_file), "--quiet"]
+    command = [
+        sys.executable,
+        "-m",
+        "l1cnn.cli",
+        "train",
+        str(data),
+        "--config",
+        str(config_file),
+        "--quiet",
+    ]
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([*command, "--out", str(killed)], env=ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*command, "--out", str(killed)],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         _wait_for_backup(killed, 2, proc, timeout=240)
         time.sleep(0.05)  # into the next epoch
@@ -225,9 +244,13 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path: Path)
     saved = backup.load(killed)  # whole: the old backup or the new one, never half
     assert saved is not None and 2 <= saved.epoch < 8
 
-    resumed = subprocess.run([sys.executable, "-m", "l1cnn.cli", "train", "--resume",
-                              str(killed), "--quiet"], env=ENV, capture_output=True, text=True,
-                             timeout=300)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "l1cnn.cli", "train", "--resume", str(killed), "--quiet"],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert "Traceback" not in resumed.stderr
 
@@ -238,9 +261,11 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path: Path)
     # Exact equality: seeded, TensorFlow op determinism, per-epoch shuffle seeds and restored
     # dropout generator state make the resumed run bit-identical to the uninterrupted one.
     assert _history_without_time(history) == _history_without_time(
-        runs.read_csv(straight / "history.csv"))
+        runs.read_csv(straight / "history.csv")
+    )
     assert json.loads((killed / "metrics.json").read_text()) == json.loads(
-        (straight / "metrics.json").read_text())
+        (straight / "metrics.json").read_text()
+    )
     info = json.loads((killed / "run.json").read_text())
     assert info["status"] == "completed" and info["resumed"][0]["from_epoch"] == saved.epoch
     assert not (killed / "backup.npz").exists() and not (killed / "train.lock").exists()

@@ -78,8 +78,9 @@ def test_swapped_or_truncated_model_is_refused(trained_run: Path, tmp_path: Path
 def _lambda_model(path: Path, marker: Path) -> None:
     """A real .keras file whose Lambda layer creates ``marker`` whenever it is called."""
     inputs = keras.Input((12, 12, 1))
-    x = keras.layers.Lambda(lambda t, m=str(marker): (open(m, "w").close(), t)[1],
-                            name="evil")(inputs)
+    x = keras.layers.Lambda(lambda t, m=str(marker): (open(m, "w").close(), t)[1], name="evil")(
+        inputs
+    )
     x = keras.layers.Flatten()(x)
     outputs = keras.layers.Dense(1, activation="sigmoid")(x)
     keras.Model(inputs, outputs).save(path)
@@ -101,8 +102,12 @@ def _with_function(source: Path, dest: Path, function: dict) -> None:
 
 
 def _function(module: str, name: str) -> dict:
-    return {"module": module, "class_name": "function", "config": name,
-            "registered_name": "function"}
+    return {
+        "module": module,
+        "class_name": "function",
+        "config": name,
+        "registered_name": "function",
+    }
 
 
 @pytest.mark.parametrize(
@@ -125,8 +130,9 @@ def test_models_that_could_run_code_are_refused(
     if payload == "lambda":
         shutil.copy(crafted, run / "model.keras")
     elif payload == "keras.config":
-        _with_function(crafted, run / "model.keras",
-                       _function("keras.config", "enable_unsafe_deserialization"))
+        _with_function(
+            crafted, run / "model.keras", _function("keras.config", "enable_unsafe_deserialization")
+        )
     else:
         _with_function(crafted, run / "model.keras", _function("os", "system"))
     _record_sha(run)
@@ -143,13 +149,32 @@ def test_absurd_learning_rate_stops_in_epoch_one_with_nothing_half_written(
     npz_file: Path, tmp_path: Path, capsys
 ) -> None:
     run = tmp_path / "run"
-    code, _, err = run_cli(["train", npz_file, "--out", run, "--quiet", "--conv-filters", "4,8",
-                            "--dense-units", "8", "--epochs", "3", "--learning-rate", "1e12"],
-                           capsys)
+    code, _, err = run_cli(
+        [
+            "train",
+            npz_file,
+            "--out",
+            run,
+            "--quiet",
+            "--conv-filters",
+            "4,8",
+            "--dense-units",
+            "8",
+            "--epochs",
+            "3",
+            "--learning-rate",
+            "1e12",
+        ],
+        capsys,
+    )
     assert_one_line_error(code, err, "NaN or infinite in epoch 1", status=1)
     assert "no model was saved" in err and "lower learning_rate" in err
-    assert sorted(p.name for p in run.iterdir()) == ["config.toml", "data.json", "run.json",
-                                                     "split.json"]
+    assert sorted(p.name for p in run.iterdir()) == [
+        "config.toml",
+        "data.json",
+        "run.json",
+        "split.json",
+    ]
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "diverged" and "epoch 1" in info["message"]
     code, _, err = run_cli(["evaluate", run], capsys)
@@ -166,16 +191,26 @@ def test_divergence_after_good_epochs_keeps_the_last_good_weights() -> None:
     model = compile_model(build_model(config.model, (12, 12, 1)), config)
     x, y = make_images(64, seed=1)
     good = Split(x, y, [str(i) for i in range(64)])
-    poisoned = Split(np.where(np.arange(64)[:, None, None, None] == 5, np.inf,
-                              x.astype(np.float32)), y, good.ids)
+    poisoned = Split(
+        np.where(np.arange(64)[:, None, None, None] == 5, np.inf, x.astype(np.float32)), y, good.ids
+    )
     after: dict[int, list[np.ndarray]] = {}
 
     def epoch_data(epoch: int):
         return make_tf_dataset(poisoned if epoch == 3 else good, 16, shuffle=True, seed=epoch)
 
-    result = fit(model, model.optimizer, epoch_data, make_tf_dataset(good, 64), y,
-                 StepSettings(0.01, "penalty", 0.001), epochs=5, early_stopping=None,
-                 verbose=False, on_epoch_end=lambda e, logs: after.update({e: model.get_weights()}))
+    result = fit(
+        model,
+        model.optimizer,
+        epoch_data,
+        make_tf_dataset(good, 64),
+        y,
+        StepSettings(0.01, "penalty", 0.001),
+        epochs=5,
+        early_stopping=None,
+        verbose=False,
+        on_epoch_end=lambda e, logs: after.update({e: model.get_weights()}),
+    )
     assert result.status == "diverged" and "epoch 3" in result.message
     assert [h["epoch"] for h in result.history] == [1, 2] and result.best_epoch == 2
     for now, then in zip(model.get_weights(), after[2], strict=True):

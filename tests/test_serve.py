@@ -61,24 +61,31 @@ def test_health_and_model_description(server, trained_run):
     assert info["threshold"] == run.threshold and info["image_shape"] == [12, 12, 1]
     assert info["config"]["model"]["conv_filters"] == [4, 8]
     assert info["metrics"]["test"]["roc_auc"] == pytest.approx(run.metrics["test"]["roc_auc"])
-    assert info["limits"] == {"max_request_bytes": 300000, "max_image_pixels": 40000,
-                              "max_batch": 16}
+    assert info["limits"] == {
+        "max_request_bytes": 300000,
+        "max_image_pixels": 40000,
+        "max_batch": 16,
+    }
 
 
 def test_json_instances_answer_like_predict(server, trained_run, source_images):
     source, x = source_images
     want = predict(trained_run, [source]).predictions[:10]
     # As TF Serving takes them: plain (H, W, C) arrays, or named {"pixels": (H, W)} objects.
-    for instances in ([img.tolist() for img in x[:10]],
-                      [{"pixels": img[..., 0].tolist()} for img in x[:10]]):
+    for instances in (
+        [img.tolist() for img in x[:10]],
+        [{"pixels": img[..., 0].tolist()} for img in x[:10]],
+    ):
         r = httpx.post(server + "/v1/predict", json={"instances": instances})
         assert r.status_code == 200
         got = r.json()["predictions"]
         assert len(got) == 10
         for g, w in zip(got, want, strict=True):
             assert g["probability"] == pytest.approx(w.probability, abs=1e-5)
-            assert g["class"] == w.predicted_class and g["threshold"] == load_run(
-                trained_run).threshold
+            assert (
+                g["class"] == w.predicted_class
+                and g["threshold"] == load_run(trained_run).threshold
+            )
 
 
 def test_uploaded_images_answer_like_predict(server, trained_run, tmp_path):
@@ -110,35 +117,62 @@ def _bad_requests() -> list[tuple[str, dict, int, str]]:
     png = _png(np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8))
     big_image = _png(np.zeros((300, 300), np.uint8))  # 90,000 pixels, a small file
     return [
-        ("not an image", {"files": {"image": ("a.png", b"hello, not a png", "image/png")}},
-         400, "not a readable image"),
-        ("truncated", {"files": {"image": ("t.png", png[: 2 * len(png) // 3], "image/png")}},
-         400, "truncated"),
+        (
+            "not an image",
+            {"files": {"image": ("a.png", b"hello, not a png", "image/png")}},
+            400,
+            "not a readable image",
+        ),
+        (
+            "truncated",
+            {"files": {"image": ("t.png", png[: 2 * len(png) // 3], "image/png")}},
+            400,
+            "truncated",
+        ),
         ("empty file", {"files": {"image": ("e.png", b"", "image/png")}}, 400, "empty file"),
         ("no file", {"files": {"note": (None, b"just a field")}}, 400, "no image file"),
-        ("body too large", {"files": {"image": ("b.png", b"\0" * 400_000, "image/png")}},
-         413, "over the limit"),
-        ("image too large", {"files": {"image": ("big.png", big_image, "image/png")}},
-         413, "300x300"),
+        (
+            "body too large",
+            {"files": {"image": ("b.png", b"\0" * 400_000, "image/png")}},
+            413,
+            "over the limit",
+        ),
+        (
+            "image too large",
+            {"files": {"image": ("big.png", big_image, "image/png")}},
+            413,
+            "300x300",
+        ),
         ("wrong shape", {"json": {"instances": [[[1, 2], [3, 4]]]}}, 400, "shape [2, 2, 1]"),
-        ("wrong JSON", {"content": b"{instances: [", "headers": {"content-type":
-                                                                 "application/json"}},
-         400, "not valid JSON"),
+        (
+            "wrong JSON",
+            {"content": b"{instances: [", "headers": {"content-type": "application/json"}},
+            400,
+            "not valid JSON",
+        ),
         ("no instances", {"json": {"inputs": [[0]]}}, 400, "instances"),
         ("empty instances", {"json": {"instances": []}}, 400, "non-empty"),
         ("not numbers", {"json": {"instances": [[["a"] * 12] * 12]}}, 400, "array of numbers"),
         ("ragged", {"json": {"instances": [[[0] * 12] * 11 + [[0] * 5]]}}, 400, "rectangular"),
-        ("out of range", {"json": {"instances": [np.full((12, 12), 300).tolist()]}},
-         400, "0..255"),
-        ("too many", {"json": {"instances": [np.zeros((12, 12)).tolist()] * 17}},
-         413, "limit of 16"),
-        ("wrong content type", {"content": b"hello", "headers": {"content-type": "text/plain"}},
-         415, "application/json"),
+        ("out of range", {"json": {"instances": [np.full((12, 12), 300).tolist()]}}, 400, "0..255"),
+        (
+            "too many",
+            {"json": {"instances": [np.zeros((12, 12)).tolist()] * 17}},
+            413,
+            "limit of 16",
+        ),
+        (
+            "wrong content type",
+            {"content": b"hello", "headers": {"content-type": "text/plain"}},
+            415,
+            "application/json",
+        ),
     ]
 
 
-@pytest.mark.parametrize("name,kwargs,status,fragment", _bad_requests(),
-                         ids=[b[0] for b in _bad_requests()])
+@pytest.mark.parametrize(
+    "name,kwargs,status,fragment", _bad_requests(), ids=[b[0] for b in _bad_requests()]
+)
 def test_bad_requests_get_clear_json_errors(server, name, kwargs, status, fragment):
     r = httpx.post(server + "/v1/predict", **kwargs)
     assert r.status_code == status, r.text
@@ -166,8 +200,11 @@ def test_limits_and_binding_are_checked(trained_run, capsys):
     assert "--port must be in 0..65535" in captured.err and "Serving" not in captured.out
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed "
-                    "(apt-get install chromium); the page test drives it headless")
+@pytest.mark.skipif(
+    not CHROMIUM.exists(),
+    reason="Debian's chromium is not installed "
+    "(apt-get install chromium); the page test drives it headless",
+)
 def test_page_in_headless_chromium(server, trained_run, tmp_path):
     playwright = pytest.importorskip("playwright.sync_api")
     img = np.random.default_rng(9).integers(0, 255, (12, 12), dtype=np.uint8)
@@ -177,16 +214,24 @@ def test_page_in_headless_chromium(server, trained_run, tmp_path):
     requested: list[str] = []
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"],
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
         )
         try:
             page = browser.new_page()
             page.on("request", lambda req: requested.append(req.url))
             page.goto(server + "/")
-            page.wait_for_function("document.getElementById('model').textContent"
-                                   ".includes('threshold')", timeout=15000)
+            page.wait_for_function(
+                "document.getElementById('model').textContent.includes('threshold')", timeout=15000
+            )
             page.set_input_files("#file", str(path))
             page.wait_for_selector("#result:not([hidden])", timeout=15000)
             shown_class = page.text_content("#class")
@@ -211,8 +256,7 @@ def test_page_in_headless_chromium(server, trained_run, tmp_path):
 @pytest.mark.slow
 def test_bounded_load_without_errors(server, source_images):
     _, x = source_images
-    result = serve_load.run_load(server, serve_load.request_bodies(x), n_requests=2000,
-                                 clients=8)
+    result = serve_load.run_load(server, serve_load.request_bodies(x), n_requests=2000, clients=8)
     assert result["requests"] == 2000
     assert result["errors"] == 0, result["first_errors"]
     assert 0 < result["p50_ms"] <= result["p99_ms"]
@@ -223,9 +267,11 @@ def test_bounded_load_without_errors(server, source_images):
 @pytest.mark.slow  # starts a second server: about 10 s on a busy machine
 def test_ctrl_c_stops_the_server_cleanly(trained_run):
     port = serve_load.free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "l1cnn.cli", "serve", str(trained_run),
-                             "--port", str(port)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "l1cnn.cli", "serve", str(trained_run), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:

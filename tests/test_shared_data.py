@@ -27,8 +27,11 @@ def test_medmnist_file_loads_as_given(shared_npz: Path) -> None:
 
 
 def test_predict_on_pngs_reproduces_evaluate(shared_npz: Path, tmp_path: Path, capsys) -> None:
-    result = train(shared_npz, tiny_config(model={"l1_lambda": 0.0001}, train={"epochs": 1}),
-                   out=tmp_path / "run")
+    result = train(
+        shared_npz,
+        tiny_config(model={"l1_lambda": 0.0001}, train={"epochs": 1}),
+        out=tmp_path / "run",
+    )
     pngs = tmp_path / "pngs"
     labels = {}
     with np.load(shared_npz) as npz:
@@ -44,8 +47,9 @@ def test_predict_on_pngs_reproduces_evaluate(shared_npz: Path, tmp_path: Path, c
     assert main(["predict", str(result.run_dir), str(pngs), "--output", str(out_csv)]) == 0
     rows = list(csv.DictReader(out_csv.open()))
     assert len(rows) == 468
-    scored = compute_metrics([labels[r["path"]] for r in rows],
-                             [float(r["probability"]) for r in rows], 0.5)
+    scored = compute_metrics(
+        [labels[r["path"]] for r in rows], [float(r["probability"]) for r in rows], 0.5
+    )
     capsys.readouterr()
     assert main(["evaluate", str(result.run_dir), "--json"]) == 0
     evaluated = json.loads(capsys.readouterr().out)

@@ -30,8 +30,20 @@ name = "specified"
 name = "fixed"
 early_stopping = false
 """
-TINY_SET = ["--set", "conv_filters=[4,8]", "--set", "dense_units=8", "--set", "epochs=1",
-            "--set", "batch_size=16", "--set", "seed=7", "--set", "l1_lambda=0.001"]
+TINY_SET = [
+    "--set",
+    "conv_filters=[4,8]",
+    "--set",
+    "dense_units=8",
+    "--set",
+    "epochs=1",
+    "--set",
+    "batch_size=16",
+    "--set",
+    "seed=7",
+    "--set",
+    "l1_lambda=0.001",
+]
 TRIAL_IDS = ["specified/seed-7", "specified/seed-8", "fixed/seed-7", "fixed/seed-8"]
 
 
@@ -54,9 +66,21 @@ def serial_study(data_npz: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     root = tmp_path_factory.mktemp("study")
     grid = root / "grid.toml"
     grid.write_text(GRID_TOML)
-    code = main(["study", str(data_npz), "--preset", str(grid), "--seeds", "2",
-                 "--epochs-without-early-stopping", "2", "--out", str(root / "study"),
-                 *TINY_SET])
+    code = main(
+        [
+            "study",
+            str(data_npz),
+            "--preset",
+            str(grid),
+            "--seeds",
+            "2",
+            "--epochs-without-early-stopping",
+            "2",
+            "--out",
+            str(root / "study"),
+            *TINY_SET,
+        ]
+    )
     assert code == 0
     return root / "study"
 
@@ -77,8 +101,16 @@ def _run_json_bytes(out: Path) -> dict[str, bytes]:
 def test_ablation_is_the_full_factorial_with_the_specified_model_first() -> None:
     base = cfg.Config()
     grid = study.preset_grid("ablation", base)
-    assert [g.name for g in grid] == ["l1-dropout-es", "l1-dropout", "l1-es", "l1",
-                                      "dropout-es", "dropout", "es", "none"]
+    assert [g.name for g in grid] == [
+        "l1-dropout-es",
+        "l1-dropout",
+        "l1-es",
+        "l1",
+        "dropout-es",
+        "dropout",
+        "es",
+        "none",
+    ]
     configs = {g.name: study.trial_config(base, g, 40, 42) for g in grid}
     spec = configs["l1-dropout-es"]
     assert (spec.model, spec.train) == (base.model, base.train)
@@ -107,8 +139,7 @@ def test_sweep_reference_follows_the_base_config(tmp_path: Path) -> None:
     _, reference = study.plan_trials(base, study.preset_grid("l1-sweep", base), 1, 5, tmp_path)
     assert reference == "l1=0.01"
     base = cfg.replace(cfg.Config(), model={"l1_lambda": 0.002})  # not a sweep value
-    trials, reference = study.plan_trials(base, study.preset_grid("l1-sweep", base), 1, 5,
-                                          tmp_path)
+    trials, reference = study.plan_trials(base, study.preset_grid("l1-sweep", base), 1, 5, tmp_path)
     assert reference == "specified" and trials[0].name == "specified"
     assert len(trials) == 7
 
@@ -120,7 +151,10 @@ def test_toml_preset_and_its_errors(tmp_path: Path) -> None:
     (entry,) = study.preset_grid(str(good), base)
     config = study.trial_config(base, entry, 10, 3)
     assert (config.model.l1_lambda, config.model.l1_mode, config.train.seed) == (
-        0.001, "proximal", 3)
+        0.001,
+        "proximal",
+        3,
+    )
 
     bad_key = tmp_path / "bad_key.toml"
     bad_key.write_text('[[trial]]\nname = "x"\nl1_lamda = 0.1\n')
@@ -161,12 +195,14 @@ def test_cli_refuses_bad_input_before_creating_anything(
 
 
 @pytest.mark.slow
-def test_proximal_mode_gives_exact_zeros_and_penalty_mode_does_not(npz_file: Path,
-                                                                   tmp_path: Path) -> None:
+def test_proximal_mode_gives_exact_zeros_and_penalty_mode_does_not(
+    npz_file: Path, tmp_path: Path
+) -> None:
     fractions = {}
     for mode in ("penalty", "proximal"):
-        config = tiny_config(model={"l1_lambda": 2.0, "l1_mode": mode},
-                             train={"epochs": 3, "early_stopping": False})
+        config = tiny_config(
+            model={"l1_lambda": 2.0, "l1_mode": mode}, train={"epochs": 3, "early_stopping": False}
+        )
         result = train(npz_file, config, out=tmp_path / mode)
         fractions[mode] = study.sparsity(load_model_file(result.run_dir / "model.keras"))
     # threshold per step = learning_rate * l1_lambda = 2e-3: weights that reach it become 0.0;
@@ -175,8 +211,10 @@ def test_proximal_mode_gives_exact_zeros_and_penalty_mode_does_not(npz_file: Pat
     assert fractions["proximal"]["exact_zero_conv2"] > 0
     assert fractions["penalty"]["exact_zero_all"] == 0.0
     for layer in ("conv1", "conv2", "dense", "output"):
-        assert fractions["proximal"][f"near_zero_{layer}"] >= fractions["proximal"][
-            f"exact_zero_{layer}"]
+        assert (
+            fractions["proximal"][f"near_zero_{layer}"]
+            >= fractions["proximal"][f"exact_zero_{layer}"]
+        )
 
 
 def test_sparsity_counts_known_weights() -> None:
@@ -207,7 +245,11 @@ def test_study_end_to_end_writes_results_and_report(serial_study: Path) -> None:
     out = serial_study
     rows = read_csv(out / "results.csv")
     assert [(r["configuration"], r["seed"]) for r in rows] == [
-        ("specified", "7"), ("specified", "8"), ("fixed", "7"), ("fixed", "8")]
+        ("specified", "7"),
+        ("specified", "8"),
+        ("fixed", "7"),
+        ("fixed", "8"),
+    ]
     for row in rows:
         assert row["status"] in ("completed", "early_stopped")
         acc = {s: float(row[f"{s}_accuracy"]) for s in ("train", "test")}
@@ -220,8 +262,7 @@ def test_study_end_to_end_writes_results_and_report(serial_study: Path) -> None:
     assert {r["epochs_run"] for r in rows if r["configuration"] == "specified"} == {"1"}
     assert {r["early_stopping"] for r in rows} == {"True", "False"}
     # same seed, same split: every trial of a seed has the same data fingerprint
-    prints = {(r["seed"], read_json(out / r["run_dir"] / "data.json")["fingerprint"])
-              for r in rows}
+    prints = {(r["seed"], read_json(out / r["run_dir"] / "data.json")["fingerprint"]) for r in rows}
     assert len(prints) == 2
     for run in ("specified/seed-7", "fixed/seed-8"):  # ordinary run folders
         assert (out / "trials" / run / "model.keras").exists()
@@ -262,14 +303,23 @@ def test_rerun_skips_finished_trials_and_redoes_an_interrupted_one(
     info = read_json(victim / "run.json")
     (victim / "run.json").write_text(json.dumps({**info, "status": "running"}))
     (victim / "metrics.json").unlink()
-    assert not study.is_finished(study.Trial("fixed", 8, study.trial_config(
-        base, study.GridEntry("fixed", (("early_stopping", False),)), 2, 8), victim))
+    assert not study.is_finished(
+        study.Trial(
+            "fixed",
+            8,
+            study.trial_config(base, study.GridEntry("fixed", (("early_stopping", False),)), 2, 8),
+            victim,
+        )
+    )
     progress: list[dict] = []
-    resumed = study.run_study(data_npz, base, out, preset=grid, n_seeds=2, fixed_epochs=2,
-                              on_progress=progress.append)
+    resumed = study.run_study(
+        data_npz, base, out, preset=grid, n_seeds=2, fixed_epochs=2, on_progress=progress.append
+    )
     assert resumed.trained == ["fixed/seed-8"]
     assert [(p["done"], p["total"], p["trial"]) for p in progress] == [
-        (3, 4, None), (4, 4, "fixed")]
+        (3, 4, None),
+        (4, 4, "fixed"),
+    ]
     after = _run_json_bytes(out)
     assert {t for t in TRIAL_IDS if after[t] != before[t]} == {"fixed/seed-8"}
     assert read_json(victim / "run.json")["status"] == "completed"
@@ -290,9 +340,22 @@ def test_report_only_summarizes_finished_trials_without_training(
     shutil.rmtree(out / "trials" / "specified" / "seed-8")
     grid = tmp_path / "grid.toml"
     grid.write_text(GRID_TOML)
-    code = main(["study", str(data_npz), "--preset", str(grid), "--seeds", "2",
-                 "--epochs-without-early-stopping", "2", "--out", str(out), "--report-only",
-                 *TINY_SET])
+    code = main(
+        [
+            "study",
+            str(data_npz),
+            "--preset",
+            str(grid),
+            "--seeds",
+            "2",
+            "--epochs-without-early-stopping",
+            "2",
+            "--out",
+            str(out),
+            "--report-only",
+            *TINY_SET,
+        ]
+    )
     assert code == 0
     assert "Trials:   3 of 4 finished: 0 trained now" in capsys.readouterr().out
     assert not (out / "trials" / "specified" / "seed-8").exists()
@@ -301,19 +364,29 @@ def test_report_only_summarizes_finished_trials_without_training(
 
 
 @pytest.mark.slow
-def test_parallel_jobs_match_the_serial_study(serial_study: Path, data_npz: Path,
-                                              tmp_path: Path) -> None:
+def test_parallel_jobs_match_the_serial_study(
+    serial_study: Path, data_npz: Path, tmp_path: Path
+) -> None:
     # One configuration x 2 seeds in 2 worker processes (one trial each) keeps this test short.
     grid = tmp_path / "grid.toml"
     grid.write_text('[[trial]]\nname = "specified"\n')
     progress: list[dict] = []
-    result = study.run_study(data_npz, tiny_base(), tmp_path / "par", preset=str(grid),
-                             n_seeds=2, jobs=2, fixed_epochs=2, on_progress=progress.append)
+    result = study.run_study(
+        data_npz,
+        tiny_base(),
+        tmp_path / "par",
+        preset=str(grid),
+        n_seeds=2,
+        jobs=2,
+        fixed_epochs=2,
+        on_progress=progress.append,
+    )
     assert sorted(result.trained) == ["specified/seed-7", "specified/seed-8"]
     assert [p["done"] for p in progress] == [0, 1, 2]
     serial = {(r["configuration"], r["seed"]): r for r in read_csv(serial_study / "results.csv")}
-    parallel = {(r["configuration"], r["seed"]): r for r in read_csv(tmp_path / "par" /
-                                                                     "results.csv")}
+    parallel = {
+        (r["configuration"], r["seed"]): r for r in read_csv(tmp_path / "par" / "results.csv")
+    }
     assert set(parallel) == {("specified", "7"), ("specified", "8")}
     for key, row in parallel.items():
         # same seeds, same splits, deterministic ops: the same results in worker processes
@@ -326,13 +399,27 @@ def test_ctrl_c_stops_the_study_keeps_finished_trials_and_summarizes_them(
     data_npz: Path, tmp_path: Path
 ) -> None:
     grid = tmp_path / "grid.toml"
-    grid.write_text('[[trial]]\nname = "quick"\n\n[[trial]]\nname = "long"\n'
-                    "early_stopping = false\n")
+    grid.write_text(
+        '[[trial]]\nname = "quick"\n\n[[trial]]\nname = "long"\nearly_stopping = false\n'
+    )
     out = tmp_path / "study"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    cmd = [sys.executable, "-m", "l1cnn.cli", "study", str(data_npz), "--preset", str(grid),
-           "--seeds", "1", "--epochs-without-early-stopping", "100000", "--out", str(out),
-           *TINY_SET]
+    cmd = [
+        sys.executable,
+        "-m",
+        "l1cnn.cli",
+        "study",
+        str(data_npz),
+        "--preset",
+        str(grid),
+        "--seeds",
+        "1",
+        "--epochs-without-early-stopping",
+        "100000",
+        "--out",
+        str(out),
+        *TINY_SET,
+    ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     long_run = out / "trials" / "long" / "seed-7"
     deadline = time.time() + 120

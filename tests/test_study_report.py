@@ -11,16 +11,33 @@ from l1cnn import stats, study_report
 from l1cnn.runs import read_csv, write_csv
 
 SEEDS = (42, 43, 44)
-SPEC = {"l1_lambda": 0.01, "l1_mode": "penalty", "dropout_rate": 0.5, "early_stopping": True,
-        "epochs": 100}
+SPEC = {
+    "l1_lambda": 0.01,
+    "l1_mode": "penalty",
+    "dropout_rate": 0.5,
+    "early_stopping": True,
+    "epochs": 100,
+}
 
 
-def _row(name: str, seed: int, auc: float, gap: float, collapsed: bool = False,
-         **settings: Any) -> dict[str, Any]:
-    row = {"configuration": name, **SPEC, **settings, "seed": seed, "epochs_run": 10,
-           "test_roc_auc": auc, "test_accuracy": auc - 0.1, "test_f1": auc - 0.15,
-           "gap_accuracy": gap, "gap_loss": gap / 2, "exact_zero_all": 0.0,
-           "near_zero_all": settings.get("l1_lambda", 0.01) * 10, "collapsed": collapsed}
+def _row(
+    name: str, seed: int, auc: float, gap: float, collapsed: bool = False, **settings: Any
+) -> dict[str, Any]:
+    row = {
+        "configuration": name,
+        **SPEC,
+        **settings,
+        "seed": seed,
+        "epochs_run": 10,
+        "test_roc_auc": auc,
+        "test_accuracy": auc - 0.1,
+        "test_f1": auc - 0.15,
+        "gap_accuracy": gap,
+        "gap_loss": gap / 2,
+        "exact_zero_all": 0.0,
+        "near_zero_all": settings.get("l1_lambda", 0.01) * 10,
+        "collapsed": collapsed,
+    }
     return row
 
 
@@ -32,11 +49,21 @@ def constructed_rows() -> list[dict[str, Any]]:
         base = 0.80 + 0.05 * i  # a large seed-to-seed spread, shared by all configurations
         rows.append(_row("spec", seed, base, 0.02))
         rows.append(_row("no-l1", seed, base + 0.05 + 0.001 * i, 0.03, l1_lambda=0.0))
-        rows.append(_row("no-dropout", seed, base + (0.01, -0.01, 0.002)[i], 0.02,
-                         dropout_rate=0.0))
+        rows.append(
+            _row("no-dropout", seed, base + (0.01, -0.01, 0.002)[i], 0.02, dropout_rate=0.0)
+        )
         rows.append(_row("l1=0.001", seed, base + 0.02, 0.02, l1_lambda=0.001))
-        rows.append(_row("no-es", seed, base, 0.10 + 0.01 * i, early_stopping=False, epochs=20,
-                         collapsed=seed == 44))
+        rows.append(
+            _row(
+                "no-es",
+                seed,
+                base,
+                0.10 + 0.01 * i,
+                early_stopping=False,
+                epochs=20,
+                collapsed=seed == 44,
+            )
+        )
     return rows
 
 
@@ -89,9 +116,11 @@ def test_describe_change_names_each_difference() -> None:
     assert describe({**SPEC, "l1_lambda": 0.0}, SPEC) == "without L1"
     assert describe({**SPEC, "l1_lambda": 1e-4}, SPEC) == "l1_lambda=0.0001"
     assert describe({**SPEC, "dropout_rate": 0.25, "l1_mode": "proximal"}, SPEC) == (
-        "l1_mode=proximal, dropout_rate=0.25")
+        "l1_mode=proximal, dropout_rate=0.25"
+    )
     assert describe({**SPEC, "early_stopping": False, "epochs": 20}, SPEC) == (
-        "without early stopping (20 fixed epochs)")
+        "without early stopping (20 fixed epochs)"
+    )
 
 
 def test_rows_read_back_from_csv_give_the_same_statistics(tmp_path: Path) -> None:
@@ -107,10 +136,20 @@ def test_rows_read_back_from_csv_give_the_same_statistics(tmp_path: Path) -> Non
 
 
 def test_write_report_writes_markdown_html_and_plots(tmp_path: Path) -> None:
-    curves = {"spec": [{"epoch": "1", "data_loss": "0.7", "val_data_loss": "0.69"},
-                       {"epoch": "2", "data_loss": "0.6", "val_data_loss": "0.65"}]}
-    meta = {"source": "x.npz", "preset": "custom", "seed_list": list(SEEDS),
-            "epochs_without_early_stopping": 20, "finished": 15, "planned": 15}
+    curves = {
+        "spec": [
+            {"epoch": "1", "data_loss": "0.7", "val_data_loss": "0.69"},
+            {"epoch": "2", "data_loss": "0.6", "val_data_loss": "0.65"},
+        ]
+    }
+    meta = {
+        "source": "x.npz",
+        "preset": "custom",
+        "seed_list": list(SEEDS),
+        "epochs_without_early_stopping": 20,
+        "finished": 15,
+        "planned": 15,
+    }
     files = study_report.write_report(tmp_path, constructed_rows(), "spec", curves, meta)
     names = sorted(p.name for p in files)
     assert names == ["curves.png", "l1_sweep.png", "metrics.png", "study.html", "summary.md"]
@@ -133,15 +172,17 @@ def test_l1_plot_needs_two_lambda_values(tmp_path: Path) -> None:
     table = study_report.configuration_stats(rows, "spec")
     assert not study_report.plot_l1(table, "spec", tmp_path / "l1.png")
     assert not (tmp_path / "l1.png").exists()
-    series = study_report.l1_series(study_report.configuration_stats(constructed_rows(), "spec"),
-                                    "spec")
+    series = study_report.l1_series(
+        study_report.configuration_stats(constructed_rows(), "spec"), "spec"
+    )
     assert [c.name for c in series] == ["no-l1", "l1=0.001", "spec"]  # sorted by l1_lambda
 
 
 def test_verdict_names_the_best_l1_lambda() -> None:
     text = study_report.verdict(constructed_rows(), "spec")
-    assert ("l1_lambda=0 ('no-l1') gave the highest mean test ROC-AUC "
-            "(0.901 ± 0.051 [0.774, 1.028])") in text
+    assert (
+        "l1_lambda=0 ('no-l1') gave the highest mean test ROC-AUC (0.901 ± 0.051 [0.774, 1.028])"
+    ) in text
 
 
 def test_verdict_rejudges_techniques_when_the_specified_model_collapsed() -> None:
@@ -152,10 +193,27 @@ def test_verdict_rejudges_techniques_when_the_specified_model_collapsed() -> Non
         rows.append(_row("spec-no-dropout", seed, 0.5, 0.0, collapsed=True, dropout_rate=0.0))
         rows.append(_row("no-l1", seed, base, 0.05, l1_lambda=0.0))
         # without L1, dropout off is always 0.03 worse: dropout helped (among working models)
-        rows.append(_row("no-l1-no-dropout", seed, base - 0.03 - 0.001 * i, 0.08,
-                         l1_lambda=0.0, dropout_rate=0.0))
-        rows.append(_row("no-l1-no-es", seed, base + (0.01, -0.01, 0.0)[i], 0.06,
-                         l1_lambda=0.0, early_stopping=False, epochs=20))
+        rows.append(
+            _row(
+                "no-l1-no-dropout",
+                seed,
+                base - 0.03 - 0.001 * i,
+                0.08,
+                l1_lambda=0.0,
+                dropout_rate=0.0,
+            )
+        )
+        rows.append(
+            _row(
+                "no-l1-no-es",
+                seed,
+                base + (0.01, -0.01, 0.0)[i],
+                0.06,
+                l1_lambda=0.0,
+                early_stopping=False,
+                epochs=20,
+            )
+        )
     text = study_report.verdict(rows, "spec")
     assert "so dropout made no difference beyond the seed-to-seed spread" in text  # vs spec
     assert "The specified model collapsed on every seed" in text

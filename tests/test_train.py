@@ -31,8 +31,16 @@ def xy_npz(tmp_path: Path) -> Path:
 
 def test_run_folder_holds_everything(trained_run: Path) -> None:
     names = {p.name for p in trained_run.iterdir()}
-    assert {"config.toml", "run.json", "data.json", "split.json", "model.keras", "history.csv",
-            "metrics.json", "predictions.csv"} <= names
+    assert {
+        "config.toml",
+        "run.json",
+        "data.json",
+        "split.json",
+        "model.keras",
+        "history.csv",
+        "metrics.json",
+        "predictions.csv",
+    } <= names
     info = json.loads((trained_run / "run.json").read_text())
     assert info["status"] in ("completed", "early_stopped") and info["seed"] == 7
     assert info["versions"]["keras"] and info["versions"]["tensorflow"]
@@ -47,8 +55,16 @@ def test_run_folder_holds_everything(trained_run: Path) -> None:
     metrics = json.loads((trained_run / "metrics.json").read_text())
     assert metrics["threshold"]["value"] == 0.5
     for split in ("train", "val", "test"):
-        assert {"loss", "accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc",
-                "confusion_matrix"} <= set(metrics[split])
+        assert {
+            "loss",
+            "accuracy",
+            "precision",
+            "recall",
+            "f1",
+            "roc_auc",
+            "pr_auc",
+            "confusion_matrix",
+        } <= set(metrics[split])
     assert metrics["test"]["n"] == 18
     split = json.loads((trained_run / "split.json").read_text())
     assert sorted(len(v) for v in split.values()) == [18, 18, 84]
@@ -66,8 +82,11 @@ def test_save_load_gives_identical_predictions(trained_run: Path) -> None:
     run = load_run(trained_run)
     dataset = reload_run_data(run)
     probs = predict_split(run.model, dataset.splits["test"])
-    saved = [float(r["probability"]) for r in read_csv(trained_run / "predictions.csv")
-             if r["split"] == "test"]
+    saved = [
+        float(r["probability"])
+        for r in read_csv(trained_run / "predictions.csv")
+        if r["split"] == "test"
+    ]
     np.testing.assert_allclose(probs, saved, atol=1e-7)
     assert run.class_names == ["0", "1"] and run.image_shape == (12, 12, 1)
 
@@ -84,8 +103,7 @@ def test_same_seed_same_metrics(xy_npz: Path, tmp_path: Path) -> None:
 
 def test_collapse_is_detected_and_explained(xy_npz: Path, tmp_path: Path) -> None:
     config = tiny_config(model={"l1_lambda": 1.0}, train={"epochs": 6, "learning_rate": 0.05})
-    result = train(xy_npz, config,
-                   out=tmp_path / "collapsed")
+    result = train(xy_npz, config, out=tmp_path / "collapsed")
     diagnosis = result.metrics["diagnosis"]
     assert diagnosis["collapsed"] is True
     assert any("constant" in r or "chance" in r for r in diagnosis["reasons"])
@@ -111,8 +129,10 @@ def test_early_stopping_stops_and_restores_best(tmp_path: Path) -> None:
     x, _ = make_images(120, seed=4)
     y = np.random.default_rng(4).permutation(np.arange(120) % 2)
     np.savez(tmp_path / "noise.npz", x=x, y=y)
-    config = tiny_config(model={"l1_lambda": 0.0, "dropout_rate": 0.0},
-                         train={"epochs": 60, "patience": 2, "learning_rate": 0.01})
+    config = tiny_config(
+        model={"l1_lambda": 0.0, "dropout_rate": 0.0},
+        train={"epochs": 60, "patience": 2, "learning_rate": 0.01},
+    )
     result = train(tmp_path / "noise.npz", config, out=tmp_path / "es")
     assert result.status == "early_stopped" and result.epochs_run < 60
     assert result.epochs_run == result.best_epoch + 2  # patience 2: stops 2 epochs after best
@@ -128,8 +148,9 @@ def test_class_weight_balanced_is_recorded(tmp_path: Path) -> None:
     keep = np.concatenate([np.where(y == 0)[0], np.where(y == 1)[0][:20]])
     path = tmp_path / "imbalanced.npz"
     np.savez(path, x=x[keep], y=y[keep])
-    result = train(path, tiny_config(train={"class_weight": "balanced", "epochs": 1}),
-                   out=tmp_path / "w")
+    result = train(
+        path, tiny_config(train={"class_weight": "balanced", "epochs": 1}), out=tmp_path / "w"
+    )
     info = json.loads((result.run_dir / "run.json").read_text())
     weights = {int(k): v for k, v in info["class_weight"].items()}
     assert weights[1] > 1 > weights[0]
@@ -166,9 +187,26 @@ def test_overwrite_refuses_a_folder_that_is_not_a_run(xy_npz: Path, tmp_path: Pa
 def test_ctrl_c_leaves_a_usable_run(xy_npz: Path, tmp_path: Path) -> None:
     out = tmp_path / "interrupted"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    cmd = [sys.executable, "-m", "l1cnn.cli", "train", str(xy_npz), "--out", str(out),
-           "--conv-filters", "4,8", "--dense-units", "8", "--epochs", "100000",
-           "--early-stopping", "false", "--batch-size", "16", "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "l1cnn.cli",
+        "train",
+        str(xy_npz),
+        "--out",
+        str(out),
+        "--conv-filters",
+        "4,8",
+        "--dense-units",
+        "8",
+        "--epochs",
+        "100000",
+        "--early-stopping",
+        "false",
+        "--batch-size",
+        "16",
+        "--quiet",
+    ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while not (out / "run.json").exists() and time.time() < deadline:

@@ -16,15 +16,19 @@ from l1cnn.errors import (  # noqa: E402
     RunError,
     TrainingError,
 )
-from l1cnn.evaluate import compute_metrics  # noqa: E402
+from l1cnn.evaluate import choose_threshold, compute_metrics  # noqa: E402
+from l1cnn.export import export_run  # noqa: E402
 from l1cnn.model import build_model  # noqa: E402
 from l1cnn.predict import evaluate_run, predict  # noqa: E402
+from l1cnn.prune import prune_run  # noqa: E402
+from l1cnn.report import write_report  # noqa: E402
 from l1cnn.runs import Run, load_run  # noqa: E402
+from l1cnn.study import run_study  # noqa: E402
 from l1cnn.train import TrainResult, resume, train  # noqa: E402
 
 __all__ = [
-    "Config",
     "ConfigError",
+    "Config",
     "DataConfig",
     "DataError",
     "Dataset",
@@ -38,12 +42,17 @@ __all__ = [
     "TrainingError",
     "__version__",
     "build_model",
+    "choose_threshold",
     "compute_metrics",
     "evaluate_run",
+    "export_run",
     "load_config",
     "load_data",
     "load_run",
     "predict",
+    "prune_run",
     "resume",
+    "run_study",
     "train",
+    "write_report",
 ]

@@ -106,8 +106,12 @@ def save(run_dir: str | Path, state: TrainingState) -> Path:
         },
     }
     arrays: dict[str, np.ndarray] = {"meta": np.array(json.dumps(meta))}
-    for prefix, values in (("w", state.weights), ("o", state.optimizer), ("r", state.rng),
-                           ("b", state.best_weights or [])):
+    for prefix, values in (
+        ("w", state.weights),
+        ("o", state.optimizer),
+        ("r", state.rng),
+        ("b", state.best_weights or []),
+    ):
         arrays.update({f"{prefix}{i}": v for i, v in enumerate(values)})
     buf = io.BytesIO()
     np.savez(buf, **arrays)

@@ -40,15 +40,21 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
     """One option per config key, defaulting to "not given" so the config file can set it."""
     parser.add_argument("--config", metavar="FILE", help="TOML config file (see configs/)")
     parser.add_argument(
-        "--set", metavar="KEY=VALUE", action="append", default=[], dest="overrides",
+        "--set",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        dest="overrides",
         help="override any config key, e.g. --set l1_lambda=0.001 (repeatable)",
     )
     groups = {}
     for section, name, default, type_name in option_help():
         if section not in groups:
             groups[section] = parser.add_argument_group(f"[{section}] config keys")
-        shown = "auto" if default is None else (
-            ",".join(map(str, default)) if isinstance(default, tuple) else default
+        shown = (
+            "auto"
+            if default is None
+            else (",".join(map(str, default)) if isinstance(default, tuple) else default)
         )
         metavar = "N,N,..." if type_name.startswith("tuple") else type_name.split(" ")[0].upper()
         kwargs: dict[str, Any] = {
@@ -87,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser(
-        "train", help="train on DATA and write a run folder",
+        "train",
+        help="train on DATA and write a run folder",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
             "Train the specified network on DATA: 'digits' (bundled), a .npz file "
@@ -96,12 +103,19 @@ def build_parser() -> argparse.ArgumentParser:
             "Config precedence: defaults < --config FILE < --set KEY=VALUE < --KEY VALUE."
         ),
     )
-    p.add_argument("data", metavar="DATA", nargs="?",
-                   help="'digits', a .npz file, or a folder of class folders")
+    p.add_argument(
+        "data",
+        metavar="DATA",
+        nargs="?",
+        help="'digits', a .npz file, or a folder of class folders",
+    )
     # Issue 6: resume a killed or interrupted run.
-    p.add_argument("--resume", metavar="RUN",
-                   help="continue the unfinished run RUN from its last finished epoch, with its "
-                        "own data and config (a finished run is left as it is)")
+    p.add_argument(
+        "--resume",
+        metavar="RUN",
+        help="continue the unfinished run RUN from its last finished epoch, with its "
+        "own data and config (a finished run is left as it is)",
+    )
     p.add_argument("--out", metavar="DIR", help="run folder (default: runs/<data>-<time>)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -109,66 +123,122 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="metrics of a saved run on its test split or other data")
     p.add_argument("run", metavar="RUN", help="run folder")
-    p.add_argument("--data", metavar="DATA",
-                   help="evaluate on this data instead (its test split if it has one, else all)")
-    p.add_argument("--skip-bad-images", action="store_true",  # issue 6
-                   help="with --data: skip unreadable images with a warning instead of failing")
-    p.add_argument("--threshold", metavar="RULE",
-                   help="a number, or f1, youden, recall=X, precision=X: re-chosen on the run's "
-                        "validation predictions (default: the run's threshold)")
-    p.add_argument("--save", action="store_true",
-                   help="make the --threshold the run's own (metrics.json, report; predict "
-                        "uses it)")
+    p.add_argument(
+        "--data",
+        metavar="DATA",
+        help="evaluate on this data instead (its test split if it has one, else all)",
+    )
+    p.add_argument(
+        "--skip-bad-images",
+        action="store_true",  # issue 6
+        help="with --data: skip unreadable images with a warning instead of failing",
+    )
+    p.add_argument(
+        "--threshold",
+        metavar="RULE",
+        help="a number, or f1, youden, recall=X, precision=X: re-chosen on the run's "
+        "validation predictions (default: the run's threshold)",
+    )
+    p.add_argument(
+        "--save",
+        action="store_true",
+        help="make the --threshold the run's own (metrics.json, report; predict uses it)",
+    )
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
     p = sub.add_parser("predict", help="predict image files, folders or .npz arrays")
     p.add_argument("run", metavar="RUN", help="run folder")
-    p.add_argument("inputs", metavar="IMAGE_OR_FOLDER", nargs="+",
-                   help="image files, folders (recursive) or .npz files")
+    p.add_argument(
+        "inputs",
+        metavar="IMAGE_OR_FOLDER",
+        nargs="+",
+        help="image files, folders (recursive) or .npz files",
+    )
     p.add_argument("--output", metavar="CSV", help="write the CSV here (default: stdout)")
-    p.add_argument("--skip-bad-images", action="store_true",
-                   help="skip unreadable images with a warning instead of failing")
-    p.add_argument("--threshold", type=float, metavar="P",
-                   help="decision threshold (default: the run's)")
+    p.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        help="skip unreadable images with a warning instead of failing",
+    )
+    p.add_argument(
+        "--threshold", type=float, metavar="P", help="decision threshold (default: the run's)"
+    )
 
     # issue 7: export, prune, serve
     p = sub.add_parser("export", help="export a run (SavedModel, ONNX, LiteRT) and check parity")
     p.add_argument("run", metavar="RUN", help="run folder")
-    p.add_argument("--format", required=True, choices=["savedmodel", "onnx", "litert"],
-                   help="savedmodel (TF Serving), onnx (onnxruntime) or litert (TFLite)")
-    p.add_argument("--quantize", choices=["float16", "int8"],
-                   help="LiteRT post-training quantization (int8 calibrates on training images)")
+    p.add_argument(
+        "--format",
+        required=True,
+        choices=["savedmodel", "onnx", "litert"],
+        help="savedmodel (TF Serving), onnx (onnxruntime) or litert (TFLite)",
+    )
+    p.add_argument(
+        "--quantize",
+        choices=["float16", "int8"],
+        help="LiteRT post-training quantization (int8 calibrates on training images)",
+    )
     p.add_argument("--out", metavar="DIR", help="export folder (default: RUN/export-FORMAT)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing export folder")
 
     p = sub.add_parser("prune", help="zero the smallest weights of a run and write a new run")
     p.add_argument("run", metavar="RUN", help="run folder")
     how = p.add_mutually_exclusive_group()
-    how.add_argument("--sparsity", type=float, metavar="F",
-                     help="fraction of each layer's kernel weights to zero, e.g. 0.9")
-    how.add_argument("--threshold", type=float, metavar="T",
-                     help="zero every kernel weight with |w| < T, e.g. 1e-3")
-    p.add_argument("--fine-tune-epochs", type=int, default=0, metavar="N",
-                   help="fine-tune N epochs with the zeros held fixed (default 0)")
+    how.add_argument(
+        "--sparsity",
+        type=float,
+        metavar="F",
+        help="fraction of each layer's kernel weights to zero, e.g. 0.9",
+    )
+    how.add_argument(
+        "--threshold",
+        type=float,
+        metavar="T",
+        help="zero every kernel weight with |w| < T, e.g. 1e-3",
+    )
+    p.add_argument(
+        "--fine-tune-epochs",
+        type=int,
+        default=0,
+        metavar="N",
+        help="fine-tune N epochs with the zeros held fixed (default 0)",
+    )
     p.add_argument("--out", metavar="DIR", help="new run folder (default: RUN-pruned-s0.9)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p = sub.add_parser("serve", help="serve a run over HTTP: JSON API and a page to try images")
     p.add_argument("run", metavar="RUN", help="run folder")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
+    )
     p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
-    p.add_argument("--max-request-bytes", type=int, default=8 * 1024 * 1024, metavar="N",
-                   help="largest request body accepted (default 8 MiB; larger: 413)")
-    p.add_argument("--max-image-pixels", type=int, default=4096 * 4096, metavar="N",
-                   help="largest uploaded image, width*height (default 4096*4096; larger: 413)")
-    p.add_argument("--max-batch", type=int, default=64, metavar="N",
-                   help="most images per request (default 64; more: 413)")
+    p.add_argument(
+        "--max-request-bytes",
+        type=int,
+        default=8 * 1024 * 1024,
+        metavar="N",
+        help="largest request body accepted (default 8 MiB; larger: 413)",
+    )
+    p.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=4096 * 4096,
+        metavar="N",
+        help="largest uploaded image, width*height (default 4096*4096; larger: 413)",
+    )
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        default=64,
+        metavar="N",
+        help="most images per request (default 64; more: 413)",
+    )
 
     # issue 4: study
     p = sub.add_parser(
-        "study", help="train a grid of configurations over seeds and compare them",
+        "study",
+        help="train a grid of configurations over seeds and compare them",
         description=(
             "Train every configuration of a preset over several seeds (each trial an ordinary "
             "run folder in OUT/trials/) and write results.csv, summary.md, study.html and "
@@ -176,34 +246,70 @@ def build_parser() -> argparse.ArgumentParser:
             "every trial."
         ),
     )
-    p.add_argument("data", metavar="DATA",
-                   help="'digits', a .npz file, or a folder of class folders")
-    p.add_argument("--preset", default="ablation", metavar="NAME_OR_TOML",
-                   help="ablation, l1-sweep, dropout-sweep, all, or a TOML file of [[trial]] "
-                        "tables (default: ablation)")
-    p.add_argument("--seeds", type=int, default=5, metavar="N",
-                   help="seeds per configuration: train.seed, train.seed+1, ... (default: 5)")
-    p.add_argument("--jobs", type=int, default=1, metavar="N",
-                   help="trials trained at once, each in its own process (default: 1)")
-    p.add_argument("--epochs-without-early-stopping", type=int, default=40, metavar="N",
-                   help="epochs of trials with early stopping off (default: 40)")
+    p.add_argument(
+        "data", metavar="DATA", help="'digits', a .npz file, or a folder of class folders"
+    )
+    p.add_argument(
+        "--preset",
+        default="ablation",
+        metavar="NAME_OR_TOML",
+        help="ablation, l1-sweep, dropout-sweep, all, or a TOML file of [[trial]] "
+        "tables (default: ablation)",
+    )
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=5,
+        metavar="N",
+        help="seeds per configuration: train.seed, train.seed+1, ... (default: 5)",
+    )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="trials trained at once, each in its own process (default: 1)",
+    )
+    p.add_argument(
+        "--epochs-without-early-stopping",
+        type=int,
+        default=40,
+        metavar="N",
+        help="epochs of trials with early stopping off (default: 40)",
+    )
     p.add_argument("--out", metavar="DIR", help="study folder (default: runs/study-<preset>)")
-    p.add_argument("--report-only", action="store_true",
-                   help="train nothing; write the report from the finished trials")
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing; write the report from the finished trials",
+    )
     p.add_argument("--config", metavar="FILE", help="TOML config file of the specified model")
-    p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="overrides",
-                   help="override a config key for every trial (repeatable)")
+    p.add_argument(
+        "--set",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        dest="overrides",
+        help="override a config key for every trial (repeatable)",
+    )
 
     # issue 3: report, compare
     p = sub.add_parser("report", help="(re)write a run's plots, report.html and report.md")
     p.add_argument("run", metavar="RUN", help="run folder")
-    p.add_argument("--explain", action="store_true",
-                   help="recompute explain.npz (weights, wrong images, saliency) from the model "
-                        "even if present")
+    p.add_argument(
+        "--explain",
+        action="store_true",
+        help="recompute explain.npz (weights, wrong images, saliency) from the model "
+        "even if present",
+    )
     p = sub.add_parser("compare", help="one HTML page comparing runs side by side")
     p.add_argument("runs", metavar="RUN", nargs="+", help="two or more run folders")
-    p.add_argument("--out", metavar="FILE", default="compare.html",
-                   help="HTML file to write (default: compare.html)")
+    p.add_argument(
+        "--out",
+        metavar="FILE",
+        default="compare.html",
+        help="HTML file to write (default: compare.html)",
+    )
     return parser
 
 
@@ -225,8 +331,11 @@ def _counts_line(counts: dict[str, dict[str, int]]) -> str:
 def _warn_skipped(skipped: list[str]) -> None:
     """One warning line with the count of bad images skipped (issue 6)."""
     if skipped:
-        print(f"warning: skipped {len(skipped)} bad image(s): {'; '.join(skipped[:3])}"
-              + (f"; and {len(skipped) - 3} more" if len(skipped) > 3 else ""), file=sys.stderr)
+        print(
+            f"warning: skipped {len(skipped)} bad image(s): {'; '.join(skipped[:3])}"
+            + (f"; and {len(skipped) - 3} more" if len(skipped) > 3 else ""),
+            file=sys.stderr,
+        )
 
 
 def _resume(args: argparse.Namespace) -> Any:
@@ -234,19 +343,30 @@ def _resume(args: argparse.Namespace) -> Any:
     from l1cnn.train import resume
 
     extra = [_flag(k.split("__")[2]) for k in vars(args) if k.startswith("cfg__")]
-    extra += [name for name, given in (("DATA", args.data), ("--config", args.config),
-                                       ("--set", args.overrides), ("--out", args.out),
-                                       ("--overwrite", args.overwrite)) if given]
+    extra += [
+        name
+        for name, given in (
+            ("DATA", args.data),
+            ("--config", args.config),
+            ("--set", args.overrides),
+            ("--out", args.out),
+            ("--overwrite", args.overwrite),
+        )
+        if given
+    ]
     if extra:
-        raise ConfigError(f"--resume continues a run with its own data and config; "
-                          f"drop {', '.join(extra)}")
+        raise ConfigError(
+            f"--resume continues a run with its own data and config; drop {', '.join(extra)}"
+        )
     result = resume(args.resume, verbose=not args.quiet, command=["l1cnn", *sys.argv[1:]])
     if result is None:
         from l1cnn.runs import RUN_FILE, read_json
 
         info = read_json(Path(args.resume) / RUN_FILE)
-        print(f"Run {args.resume} has already finished (status {info.get('status')}, "
-              f"{info.get('epochs_run')} epochs); nothing to resume.")
+        print(
+            f"Run {args.resume} has already finished (status {info.get('status')}, "
+            f"{info.get('epochs_run')} epochs); nothing to resume."
+        )
     return result
 
 
@@ -262,8 +382,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = _config_from_args(args)
         from l1cnn.train import train
 
-        result = train(args.data, config, out=args.out, overwrite=args.overwrite,
-                       verbose=not args.quiet, command=["l1cnn", *sys.argv[1:]])
+        result = train(
+            args.data,
+            config,
+            out=args.out,
+            overwrite=args.overwrite,
+            verbose=not args.quiet,
+            command=["l1cnn", *sys.argv[1:]],
+        )
     data, metrics = result.data, result.metrics
     _warn_skipped(data.get("skipped_images", []))
     negative, positive = data["class_names"]
@@ -275,12 +401,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     }[result.status]
     print()
     print(f"Run:      {result.run_dir}")
-    print(f"Data:     {data['source']}  images {'x'.join(map(str, data['image_shape']))}  "
-          f"classes {negative} (0) / {positive} (1, positive{how})")
+    print(
+        f"Data:     {data['source']}  images {'x'.join(map(str, data['image_shape']))}  "
+        f"classes {negative} (0) / {positive} (1, positive{how})"
+    )
     print(f"Splits:   {_counts_line(data['counts'])}")
-    print(f"Training: {stop}; best epoch {result.best_epoch}; {result.wall_time_s:.1f} s; "
-          f"seed {result.config.train.seed}")
-    print(f"Test:     {_metrics_line(metrics['test'])}  (threshold {metrics['threshold']['value']:g})")
+    print(
+        f"Training: {stop}; best epoch {result.best_epoch}; {result.wall_time_s:.1f} s; "
+        f"seed {result.config.train.seed}"
+    )
+    print(
+        f"Test:     {_metrics_line(metrics['test'])}  (threshold {metrics['threshold']['value']:g})"
+    )
     diagnosis = metrics["diagnosis"]
     if diagnosis["collapsed"]:
         print(f"WARNING:  {'; '.join(diagnosis['reasons'])}.")
@@ -301,11 +433,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise ConfigError("--save needs --threshold RULE (the threshold to make the run's own)")
     if args.threshold is not None:  # issue 3: a rule, re-chosen on the run's validation split
         command = ["l1cnn", "evaluate", args.run, "--threshold", args.threshold, "--save"]
-        choice = (save_threshold(args.run, args.threshold, command)["threshold"]
-                  if args.save else rechoose_threshold(args.run, args.threshold))
-    metrics = evaluate_run(args.run, data=args.data,
-                           threshold=None if choice is None else choice["value"],
-                           skip_bad_images=args.skip_bad_images)
+        choice = (
+            save_threshold(args.run, args.threshold, command)["threshold"]
+            if args.save
+            else rechoose_threshold(args.run, args.threshold)
+        )
+    metrics = evaluate_run(
+        args.run,
+        data=args.data,
+        threshold=None if choice is None else choice["value"],
+        skip_bad_images=args.skip_bad_images,
+    )
     _warn_skipped(metrics.get("skipped_images", []))
     if choice is not None:
         metrics["threshold_choice"] = choice
@@ -313,17 +451,27 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps(metrics, indent=2))
         return 0
     cm = metrics["confusion_matrix"]
-    print(f"Evaluated {args.run} on {metrics['source']} ({metrics['evaluated_on']}, "
-          f"{metrics['n']} images, {metrics['n_positive']} positive)")
+    print(
+        f"Evaluated {args.run} on {metrics['source']} ({metrics['evaluated_on']}, "
+        f"{metrics['n']} images, {metrics['n_positive']} positive)"
+    )
     print(f"  {_metrics_line(metrics)}  (threshold {metrics['threshold']:g})")
     print(f"  confusion: tn {cm['tn']}  fp {cm['fp']}  fn {cm['fn']}  tp {cm['tp']}")
     if choice is not None:
         fixed = parse_threshold_rule(choice["rule"])[0] == "fixed"
-        print(f"  threshold {choice['value']:g}"
-              + (" as given; " if fixed else f" from rule {choice['rule']} on the run's "
-                 "validation predictions; ")
-              + ("saved as the run's threshold (predict uses it; report rewritten)" if args.save
-                 else "not saved (add --save to make it the run's)"))
+        print(
+            f"  threshold {choice['value']:g}"
+            + (
+                " as given; "
+                if fixed
+                else f" from rule {choice['rule']} on the run's validation predictions; "
+            )
+            + (
+                "saved as the run's threshold (predict uses it; report rewritten)"
+                if args.save
+                else "not saved (add --save to make it the run's)"
+            )
+        )
         if choice.get("note"):
             print(f"  note: {choice['note']}")
     return 0
@@ -341,23 +489,29 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     if is_export_folder(args.run):  # issue 7: an export folder predicts like its run
         predict = predict_export  # noqa: F811
-    result = predict(args.run, args.inputs, skip_bad_images=args.skip_bad_images,
-                     threshold=args.threshold)
+    result = predict(
+        args.run, args.inputs, skip_bad_images=args.skip_bad_images, threshold=args.threshold
+    )
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["path", "probability", "predicted_class"])
     for row in result.predictions:
         writer.writerow([row.id, f"{row.probability:.6f}", row.predicted_class])
     if result.skipped:
-        print(f"warning: skipped {len(result.skipped)} bad image(s): "
-              f"{'; '.join(result.skipped[:3])}", file=sys.stderr)
+        print(
+            f"warning: skipped {len(result.skipped)} bad image(s): {'; '.join(result.skipped[:3])}",
+            file=sys.stderr,
+        )
     if args.output:
         try:
             atomic_write_text(args.output, buf.getvalue())
         except OSError as exc:
             raise RunError(f"output '{args.output}' cannot be written: {exc.strerror}") from None
-        print(f"Wrote {len(result.predictions)} predictions to {args.output} "
-              f"(threshold {result.threshold:g})", file=sys.stderr)
+        print(
+            f"Wrote {len(result.predictions)} predictions to {args.output} "
+            f"(threshold {result.threshold:g})",
+            file=sys.stderr,
+        )
     else:
         sys.stdout.write(buf.getvalue())
     return 0
@@ -371,11 +525,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     parity = record["parity"]
     print(f"Exported: {record['path']}  ({options.name}, {record['size_bytes']:,} bytes)")
     print(f"Parity on {parity['data']}, {parity['n']} images:")
-    print(f"  max |p_export - p_keras| {parity['max_abs_diff']:.3g}  "
-          f"(mean {parity['mean_abs_diff']:.3g})  "
-          f"class agreement {parity['class_agreement']:.4f}")
-    print(f"  ROC-AUC keras {_fmt(parity['roc_auc_keras'])}  "
-          f"export {_fmt(parity['roc_auc_export'])}")
+    print(
+        f"  max |p_export - p_keras| {parity['max_abs_diff']:.3g}  "
+        f"(mean {parity['mean_abs_diff']:.3g})  "
+        f"class agreement {parity['class_agreement']:.4f}"
+    )
+    print(
+        f"  ROC-AUC keras {_fmt(parity['roc_auc_keras'])}  export {_fmt(parity['roc_auc_export'])}"
+    )
     verdict = ("passed" if parity["passed"] else "FAILED") if parity["tolerance"] else "reported"
     print(f"  tolerance {parity['tolerance'] or 'none (quantized)'}: {verdict}")
     return 0
@@ -385,22 +542,38 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from l1cnn.prune import PruneOptions, prune_run
 
     options = PruneOptions(args.sparsity, args.threshold, args.fine_tune_epochs)
-    result = prune_run(args.run, options, out=args.out, overwrite=args.overwrite,
-                       verbose=not args.quiet, command=["l1cnn", *sys.argv[1:]])
+    result = prune_run(
+        args.run,
+        options,
+        out=args.out,
+        overwrite=args.overwrite,
+        verbose=not args.quiet,
+        command=["l1cnn", *sys.argv[1:]],
+    )
     rec = result.record
     total, dense = rec["sparsity"]["total"], rec["dense_sparsity"]["total"]
     print(f"Run:      {result.run_dir}  (pruned from {rec['source_run']})")
-    print(f"Zeros:    sparsity {total['sparsity']:.3f} ({total['zeros']:,} of "
-          f"{total['weights']:,} kernel weights; before {dense['sparsity']:.3f})")
-    print("          " + "  ".join(f"{name} {v['sparsity']:.3f}"
-                                   for name, v in rec["sparsity"].items() if name != "total"))
+    print(
+        f"Zeros:    sparsity {total['sparsity']:.3f} ({total['zeros']:,} of "
+        f"{total['weights']:,} kernel weights; before {dense['sparsity']:.3f})"
+    )
+    print(
+        "          "
+        + "  ".join(
+            f"{name} {v['sparsity']:.3f}" for name, v in rec["sparsity"].items() if name != "total"
+        )
+    )
     before, after, change = rec["test_before"], rec["test_after"], rec["test_change"]
-    print(f"Test:     accuracy {_fmt(before['accuracy'])} -> {_fmt(after['accuracy'])} "
-          f"({change['accuracy']:+.4f})  ROC-AUC {_fmt(before['roc_auc'])} -> "
-          f"{_fmt(after['roc_auc'])} ({change['roc_auc']:+.4f})")
+    print(
+        f"Test:     accuracy {_fmt(before['accuracy'])} -> {_fmt(after['accuracy'])} "
+        f"({change['accuracy']:+.4f})  ROC-AUC {_fmt(before['roc_auc'])} -> "
+        f"{_fmt(after['roc_auc'])} ({change['roc_auc']:+.4f})"
+    )
     sizes = rec["model_file"]
-    print(f"Size:     model file gzip {sizes['dense']['gzip_bytes']:,} -> "
-          f"{sizes['pruned']['gzip_bytes']:,} bytes ({sizes['gzip_ratio']:.2f}x of dense)")
+    print(
+        f"Size:     model file gzip {sizes['dense']['gzip_bytes']:,} -> "
+        f"{sizes['pruned']['gzip_bytes']:,} bytes ({sizes['gzip_ratio']:.2f}x of dense)"
+    )
     report = Path(result.run_dir) / "report.html"
     if report.exists():
         print(f"Report:   {report}")
@@ -411,8 +584,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import importlib.util
 
     if not all(importlib.util.find_spec(m) for m in ("fastapi", "uvicorn", "multipart")):
-        raise RunError("l1cnn serve needs fastapi, uvicorn and python-multipart: "
-                       "pip install 'l1cnn[deploy]'")
+        raise RunError(
+            "l1cnn serve needs fastapi, uvicorn and python-multipart: pip install 'l1cnn[deploy]'"
+        )
     from l1cnn.runs import load_run
     from l1cnn.serve import ServeLimits, check_can_listen, is_loopback, serve
 
@@ -420,8 +594,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     check_can_listen(args.host, args.port)
     run = load_run(args.run)
     if not is_loopback(args.host):
-        print(f"warning: binding {args.host} makes the model reachable from other machines",
-              file=sys.stderr)
+        print(
+            f"warning: binding {args.host} makes the model reachable from other machines",
+            file=sys.stderr,
+        )
     shown = f"[{args.host}]" if ":" in args.host else args.host
     print(f"Serving {run.path} at http://{shown}:{args.port}/ (Ctrl-C to stop)", flush=True)
     try:
@@ -441,21 +617,38 @@ def cmd_study(args: argparse.Namespace) -> int:
 
     def progress(p: dict[str, Any]) -> None:
         if p["trial"] is None:
-            print(f"study: {p['done']}/{p['total']} trials already finished; training "
-                  f"{p['total'] - p['done']} in {out}", file=sys.stderr, flush=True)
+            print(
+                f"study: {p['done']}/{p['total']} trials already finished; training "
+                f"{p['total'] - p['done']} in {out}",
+                file=sys.stderr,
+                flush=True,
+            )
             return
-        print(f"study: {p['done']}/{p['total']} trials done ({p['trial']} seed {p['seed']}: "
-              f"{p['status']}, {p['seconds']:.0f} s); about {format_eta(p['eta_s'])} left",
-              file=sys.stderr, flush=True)
+        print(
+            f"study: {p['done']}/{p['total']} trials done ({p['trial']} seed {p['seed']}: "
+            f"{p['status']}, {p['seconds']:.0f} s); about {format_eta(p['eta_s'])} left",
+            file=sys.stderr,
+            flush=True,
+        )
 
-    result = run_study(args.data, config, out, preset=args.preset, n_seeds=args.seeds,
-                       jobs=args.jobs, fixed_epochs=args.epochs_without_early_stopping,
-                       on_progress=progress, train_missing=not args.report_only,
-                       command=["l1cnn", *sys.argv[1:]])
+    result = run_study(
+        args.data,
+        config,
+        out,
+        preset=args.preset,
+        n_seeds=args.seeds,
+        jobs=args.jobs,
+        fixed_epochs=args.epochs_without_early_stopping,
+        on_progress=progress,
+        train_missing=not args.report_only,
+        command=["l1cnn", *sys.argv[1:]],
+    )
     print(f"Study:    {out}  (reference: {result.reference})")
-    print(f"Trials:   {len(result.rows)} of {result.planned} finished: {len(result.trained)} "
-          f"trained now, {len(result.skipped)} kept from before"
-          + (f"; failed: {', '.join(result.failed)}" if result.failed else ""))
+    print(
+        f"Trials:   {len(result.rows)} of {result.planned} finished: {len(result.trained)} "
+        f"trained now, {len(result.skipped)} kept from before"
+        + (f"; failed: {', '.join(result.failed)}" if result.failed else "")
+    )
     print(f"Results:  {out / 'results.csv'}")
     print(f"Summary:  {out / 'summary.md'}  and  {out / 'study.html'}")
     return 0
@@ -473,10 +666,14 @@ def cmd_report(args: argparse.Namespace) -> int:
         try:
             explain_run(run)
         except DataError as exc:  # data moved or changed: the rest of the report still stands
-            what = ("keeps the old one" if (run / EXPLAIN_FILE).exists()
-                    else "leaves out weights, wrong images and saliency")
-            print(f"warning: explain.npz not recomputed ({exc}); the report {what}",
-                  file=sys.stderr)
+            what = (
+                "keeps the old one"
+                if (run / EXPLAIN_FILE).exists()
+                else "leaves out weights, wrong images and saliency"
+            )
+            print(
+                f"warning: explain.npz not recomputed ({exc}); the report {what}", file=sys.stderr
+            )
     print(f"Report:   {write_report(run)}")
     return 0
 
@@ -488,9 +685,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict,
-            "export": cmd_export, "prune": cmd_prune, "serve": cmd_serve, "study": cmd_study,
-            "report": cmd_report, "compare": cmd_compare}
+COMMANDS = {
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "predict": cmd_predict,
+    "export": cmd_export,
+    "prune": cmd_prune,
+    "serve": cmd_serve,
+    "study": cmd_study,
+    "report": cmd_report,
+    "compare": cmd_compare,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -512,4 +717,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-

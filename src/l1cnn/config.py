@@ -86,7 +86,9 @@ class ModelConfig:
     dense_units: int = 64
     dropout_rate: float = 0.5
     l1_lambda: float = 0.01
-    l1_mode: str = "penalty"  # "penalty": L1 term in the loss; "proximal": soft-threshold after steps
+    l1_mode: str = (
+        "penalty"  # "penalty": L1 term in the loss; "proximal": soft-threshold after steps
+    )
 
 
 @dataclass(frozen=True)
@@ -220,7 +222,12 @@ def _check_ranges(config: Config) -> None:
         "plus data.val_fraction must leave at least 10% for training",
         d.val_fraction + d.test_fraction,
     )
-    need(all(f >= 1 for f in m.conv_filters), "model.conv_filters", "must all be >= 1", m.conv_filters)
+    need(
+        all(f >= 1 for f in m.conv_filters),
+        "model.conv_filters",
+        "must all be >= 1",
+        m.conv_filters,
+    )
     need(m.kernel_size >= 1, "model.kernel_size", "must be >= 1", m.kernel_size)
     need(m.pool_size >= 1, "model.pool_size", "must be >= 1", m.pool_size)
     need(m.dense_units >= 1, "model.dense_units", "must be >= 1", m.dense_units)
@@ -320,7 +327,7 @@ def dumps_config(config: Config) -> str:
 
 
 def replace(config: Config, **sections: dict[str, Any]) -> Config:
-    """A copy of ``config`` with some fields changed, e.g. ``replace(c, model={"l1_lambda": 0})``."""
+    """A copy of ``config`` with some fields changed: ``replace(c, model={"l1_lambda": 0})``."""
     return config_from_dict(sections, base=config)
 
 

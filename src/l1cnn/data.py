@@ -239,9 +239,7 @@ def load_images(
     bad = [r for r in results if isinstance(r, str)]
     if bad and not skip_bad:
         shown = "; ".join(bad[:3]) + (f"; and {len(bad) - 3} more" if len(bad) > 3 else "")
-        raise DataError(
-            f"{len(bad)} bad image(s): {shown} (use --skip-bad-images to skip them)"
-        )
+        raise DataError(f"{len(bad)} bad image(s): {shown} (use --skip-bad-images to skip them)")
     shape = (len(good), image_size[0], image_size[1], channels)
     images = np.stack([results[i] for i in good]) if good else np.zeros(shape, np.uint8)
     return images, good, bad
@@ -282,8 +280,10 @@ def make_splits(
     test = given.get("test")
     val = given.get("val")
     if test is None:
-        share = config.test_fraction if val is None else config.test_fraction / (
-            1 - config.val_fraction
+        share = (
+            config.test_fraction
+            if val is None
+            else config.test_fraction / (1 - config.val_fraction)
         )
         train, test = _stratified(train, share, seed, "test")
         origin["test"] = "stratified"
@@ -297,8 +297,12 @@ def make_splits(
 
 
 def _check_labels(labels: np.ndarray, where: str, need_both: bool) -> np.ndarray:
-    if labels.size and labels.dtype != bool and not (  # issue 6: nor complex labels
-        np.issubdtype(labels.dtype, np.integer) or np.issubdtype(labels.dtype, np.floating)
+    if (
+        labels.size
+        and labels.dtype != bool
+        and not (  # issue 6: nor complex labels
+            np.issubdtype(labels.dtype, np.integer) or np.issubdtype(labels.dtype, np.floating)
+        )
     ):
         raise DataError(f"{where}: labels must be numbers 0/1, got dtype {labels.dtype}")
     values = labels.astype(np.float64)
@@ -309,8 +313,10 @@ def _check_labels(labels: np.ndarray, where: str, need_both: bool) -> np.ndarray
         raise DataError(f"{where}: labels must be 0 or 1, found {bad[:5]}")
     labels = values.astype(np.int64)
     if need_both and len(np.unique(labels)) < 2:
-        raise DataError(f"{where}: only one class present ({labels[0] if labels.size else '-'}); "
-                        "a binary classifier needs both")
+        raise DataError(
+            f"{where}: only one class present ({labels[0] if labels.size else '-'}); "
+            "a binary classifier needs both"
+        )
     return labels
 
 
@@ -360,8 +366,10 @@ def _load_folder(root: Path, config: DataConfig, seed: int, make_missing: bool =
         for class_dir in classes:
             class_files = iter_image_files(class_dir)
             if not class_files:
-                raise DataError(f"class folder '{class_dir}' holds no images "
-                                f"({', '.join(sorted(IMAGE_EXTENSIONS))})")
+                raise DataError(
+                    f"class folder '{class_dir}' holds no images "
+                    f"({', '.join(sorted(IMAGE_EXTENSIONS))})"
+                )
             files += [(p, class_dir.name) for p in class_files]
         per_split_files[split_name] = files
     assert class_names is not None
@@ -389,8 +397,11 @@ def _load_folder(root: Path, config: DataConfig, seed: int, make_missing: bool =
         labels = np.array([1 if files[i][1] == ordered[1] else 0 for i in good], dtype=np.int64)
         ids = [paths[i].relative_to(root).as_posix() for i in good]
         splits[split_name] = Split(images, labels, ids)
-        _check_labels(labels, f"'{layout[split_name]}' after skipping bad images",
-                      need_both=split_name == "train")
+        _check_labels(
+            labels,
+            f"'{layout[split_name]}' after skipping bad images",
+            need_both=split_name == "train",
+        )
     notes = [f"skipped {len(skipped)} bad image(s)"] if skipped else []
     final, origin = make_splits(splits, config, seed, make_missing)
     return Dataset(root.name, str(root), "folder", ordered, final, origin, skipped, notes)
@@ -398,7 +409,8 @@ def _load_folder(root: Path, config: DataConfig, seed: int, make_missing: bool =
 
 def _as_nhwc(images: np.ndarray, where: str) -> np.ndarray:
     if images.dtype == object or not (  # issue 6: complex numbers are not pixels either
-        np.issubdtype(images.dtype, np.integer) or np.issubdtype(images.dtype, np.floating)
+        np.issubdtype(images.dtype, np.integer)
+        or np.issubdtype(images.dtype, np.floating)
         or images.dtype == bool
     ):
         raise DataError(f"{where}: images must be numeric arrays, got dtype {images.dtype}")
@@ -436,7 +448,9 @@ def _convert_arrays(images: np.ndarray, side: int | None, channels: int) -> np.n
             images = np.repeat(images, 3, axis=-1)
         else:  # ITU-R 601 luma, as Pillow's convert("L")
             luma = images.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-            images = luma[..., None].astype(images.dtype if images.dtype != np.uint8 else np.float32)
+            images = luma[..., None].astype(
+                images.dtype if images.dtype != np.uint8 else np.float32
+            )
             if images.dtype != np.uint8:
                 images = np.clip(np.round(images), 0, 255).astype(np.uint8)
     if side is not None and images.shape[1:3] != (side, side):
@@ -457,8 +471,16 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
             return {key: npz[key] for key in npz.files}
     # Issue 6: zlib.error (corrupt compressed member), MemoryError (absurd declared shape) and
     # NotImplementedError (unsupported zip compression) came out of hostile files too.
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError, KeyError, zlib.error,
-            MemoryError, NotImplementedError) as exc:
+    except (
+        ValueError,
+        OSError,
+        zipfile.BadZipFile,
+        EOFError,
+        KeyError,
+        zlib.error,
+        MemoryError,
+        NotImplementedError,
+    ) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if "allow_pickle" in reason or "Object arrays" in reason:
             reason = "it holds Python objects, which are not loaded for safety"
@@ -473,8 +495,9 @@ def _load_npz(path: Path, config: DataConfig, seed: int, make_missing: bool = Tr
             key_x, key_y = f"{name}_images", f"{name}_labels"
             if key_x in arrays or key_y in arrays:
                 if key_x not in arrays or key_y not in arrays:
-                    raise DataError(f"'{path}': has {key_x if key_x in arrays else key_y} "
-                                    f"but not its partner")
+                    raise DataError(
+                        f"'{path}': has {key_x if key_x in arrays else key_y} but not its partner"
+                    )
                 given[name] = (arrays[key_x], arrays[key_y], name)
     elif "x" in arrays and "y" in arrays:
         given["train"] = (arrays["x"], arrays["y"], "x")
@@ -511,8 +534,10 @@ def _load_npz(path: Path, config: DataConfig, seed: int, make_missing: bool = Tr
         channels = 1 if all(v[0].shape[-1] == 1 for v in nhwc.values()) else 3
     shapes = {v[0].shape[1:3] for v in nhwc.values()}
     if len(shapes) > 1 and config.image_size is None:
-        raise DataError(f"'{path}': splits have different image sizes {sorted(shapes)}; "
-                        "set data.image_size to resize them")
+        raise DataError(
+            f"'{path}': splits have different image sizes {sorted(shapes)}; "
+            "set data.image_size to resize them"
+        )
     for name, (images, y, prefix) in nhwc.items():
         images = _convert_arrays(images, config.image_size, channels)
         ids = [f"{prefix}:{i}" for i in range(len(y))]
@@ -557,9 +582,7 @@ def load_data(
         return _load_folder(path, config, seed, make_missing_splits)
     if path.suffix.lower() == ".npz":
         return _load_npz(path, config, seed, make_missing_splits)
-    raise DataError(
-        f"'{path}' is neither a folder of class folders, a .npz file, nor '{DIGITS}'"
-    )
+    raise DataError(f"'{path}' is neither a folder of class folders, a .npz file, nor '{DIGITS}'")
 
 
 # --------------------------------------------------------------------------- inference inputs
@@ -583,8 +606,9 @@ def iter_predict_inputs(
             arrays = _read_npz(path)
             key = next((k for k in ("test_images", "x", "images") if k in arrays), None)
             if key is None:
-                raise DataError(f"'{path}' has no test_images, x or images array; "
-                                f"found {sorted(arrays)}")
+                raise DataError(
+                    f"'{path}' has no test_images, x or images array; found {sorted(arrays)}"
+                )
             images = _as_nhwc(arrays[key], f"'{path}' [{key}]")
             for i in range(images.shape[0]):
                 yield f"{path}:{key}:{i}", images[i]
@@ -624,7 +648,5 @@ def make_tf_dataset(
     if shuffle:
         ds = ds.shuffle(len(split), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
-    ds = ds.map(
-        lambda x, y, w: (tf.cast(x, tf.float32), y, w), num_parallel_calls=tf.data.AUTOTUNE
-    )
+    ds = ds.map(lambda x, y, w: (tf.cast(x, tf.float32), y, w), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)

@@ -202,8 +202,15 @@ def _rates(y_true: np.ndarray, y_prob: np.ndarray) -> dict[str, np.ndarray]:
     neg_above = np.concatenate([np.cumsum((1 - labels)[::-1])[::-1], [0]])
     tp, fp = pos_above[start].astype(np.float64), neg_above[start].astype(np.float64)
     n_pos, n_neg = float(labels.sum()), float(labels.size - labels.sum())
-    return {"threshold": cand, "tp": tp, "fp": fp, "fn": n_pos - tp, "tn": n_neg - fp,
-            "n_pos": np.float64(n_pos), "n_neg": np.float64(n_neg)}
+    return {
+        "threshold": cand,
+        "tp": tp,
+        "fp": fp,
+        "fn": n_pos - tp,
+        "tn": n_neg - fp,
+        "n_pos": np.float64(n_pos),
+        "n_neg": np.float64(n_neg),
+    }
 
 
 def _best(values: np.ndarray, thresholds: np.ndarray) -> float:
@@ -246,8 +253,11 @@ def threshold_choice(rule: str, y_true: Any, y_prob: Any) -> dict[str, Any]:
     if y_true.size == 0:
         raise DataError(f"threshold rule {rule!r} needs validation images, and there are none")
     if len(np.unique(y_true)) < 2:
-        out.update(value=0.5, note=f"the validation split has one class only, so rule {rule!r} "
-                                   "cannot be applied; 0.5 is used")
+        out.update(
+            value=0.5,
+            note=f"the validation split has one class only, so rule {rule!r} "
+            "cannot be applied; 0.5 is used",
+        )
         return out
     r = _rates(y_true, y_prob)
     thresholds = r["threshold"]
@@ -267,8 +277,10 @@ def threshold_choice(rule: str, y_true: Any, y_prob: Any) -> dict[str, Any]:
             out["value"] = float(thresholds[ok[0]])
         else:
             out["value"] = _best(precision, thresholds)
-            out["note"] = (f"no threshold reaches precision {target:g} on validation (best "
-                           f"{precision.max():.3f}); the threshold of the best precision is used")
+            out["note"] = (
+                f"no threshold reaches precision {target:g} on validation (best "
+                f"{precision.max():.3f}); the threshold of the best precision is used"
+            )
     return out
 
 

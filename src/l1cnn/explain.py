@@ -69,8 +69,11 @@ def weight_histograms(
     sizes = np.array([w.size for w in magnitudes], dtype=np.int64)
     fractions = np.array([float(np.mean(w < near_zero)) if w.size else 0.0 for w in magnitudes])
     lo, hi = WEIGHT_EDGES[0], WEIGHT_EDGES[-1]
-    counts = np.stack([np.histogram(np.clip(w, lo, hi), bins=WEIGHT_EDGES)[0]
-                       for w in magnitudes]) if magnitudes else np.zeros((0, WEIGHT_EDGES.size - 1))
+    counts = (
+        np.stack([np.histogram(np.clip(w, lo, hi), bins=WEIGHT_EDGES)[0] for w in magnitudes])
+        if magnitudes
+        else np.zeros((0, WEIGHT_EDGES.size - 1))
+    )
     return sizes, fractions, counts.astype(np.int64)
 
 
@@ -157,8 +160,9 @@ def explain(
     # Saliency: the most confident correct calls of each class, then the worst mistakes.
     correct = np.flatnonzero(pred == (labels == 1))
     conf = np.abs(probs[correct] - threshold)
-    by_class = [correct[labels[correct] == c][np.argsort(-conf[labels[correct] == c])]
-                 for c in (1, 0)]
+    by_class = [
+        correct[labels[correct] == c][np.argsort(-conf[labels[correct] == c])] for c in (1, 0)
+    ]
     picks_correct = [i for pair in zip(*by_class, strict=False) for i in pair][:n_saliency]
     if len(picks_correct) < n_saliency:
         extra = [i for group in by_class for i in group if i not in picks_correct]

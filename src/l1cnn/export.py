@@ -51,11 +51,13 @@ class ExportOptions:
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
-            raise ConfigError(f"export format must be one of {', '.join(FORMATS)}, "
-                              f"got '{self.format}'")
+            raise ConfigError(
+                f"export format must be one of {', '.join(FORMATS)}, got '{self.format}'"
+            )
         if self.quantize is not None and self.quantize not in QUANTIZE_MODES:
-            raise ConfigError(f"--quantize must be one of {', '.join(QUANTIZE_MODES)}, "
-                              f"got '{self.quantize}'")
+            raise ConfigError(
+                f"--quantize must be one of {', '.join(QUANTIZE_MODES)}, got '{self.quantize}'"
+            )
         if self.quantize is not None and self.format != "litert":
             raise ConfigError(f"--quantize works with --format litert only, not {self.format}")
 
@@ -71,8 +73,10 @@ def _require(fmt: str) -> None:
 
     missing = [m for m in _NEEDS[fmt] if importlib.util.find_spec(m) is None]
     if missing:
-        raise ModelError(f"--format {fmt} needs {', '.join(missing)} (install l1cnn[deploy]: "
-                         f"pip install 'l1cnn[deploy]')")
+        raise ModelError(
+            f"--format {fmt} needs {', '.join(missing)} (install l1cnn[deploy]: "
+            f"pip install 'l1cnn[deploy]')"
+        )
 
 
 @contextlib.contextmanager
@@ -111,8 +115,9 @@ def _write_savedmodel(model: Any, target: Path, meta: dict[str, Any]) -> None:
     cut = tf.constant(meta["threshold"], tf.float32)
     shape = tf.constant(meta["image_shape"], tf.int32)
 
-    @tf.function(input_signature=[tf.TensorSpec([None, height, width, channels], tf.uint8,
-                                                name="pixels")])
+    @tf.function(
+        input_signature=[tf.TensorSpec([None, height, width, channels], tf.uint8, name="pixels")]
+    )
     def serve(pixels: Any) -> dict[str, Any]:
         prob = tf.reshape(model(tf.cast(pixels, tf.float32), training=False), [-1])
         return {
@@ -123,8 +128,12 @@ def _write_savedmodel(model: Any, target: Path, meta: dict[str, Any]) -> None:
 
     @tf.function(input_signature=[])
     def metadata() -> dict[str, Any]:
-        return {"class_names": names, "positive_class": names[1], "threshold": cut,
-                "image_shape": shape}
+        return {
+            "class_names": names,
+            "positive_class": names[1],
+            "threshold": cut,
+            "image_shape": shape,
+        }
 
     archive = keras.export.ExportArchive()
     archive.track(model)
@@ -149,8 +158,9 @@ def _representative(run: runs.Run) -> Callable[[], Iterator[list[np.ndarray]]]:
     return gen
 
 
-def _write_artifact(run: runs.Run, options: ExportOptions, folder: Path,
-                    meta: dict[str, Any]) -> Path:
+def _write_artifact(
+    run: runs.Run, options: ExportOptions, folder: Path, meta: dict[str, Any]
+) -> Path:
     """Convert the run's model into ``folder``; return the artifact's path."""
     model = run.model
     # Keras' ONNX exporter refuses a model that was loaded but never called.
@@ -167,11 +177,15 @@ def _write_artifact(run: runs.Run, options: ExportOptions, folder: Path,
 
                 kwargs: dict[str, Any] = {}
                 if options.quantize == "float16":
-                    kwargs = {"optimizations": [tf.lite.Optimize.DEFAULT],
-                              "target_spec": {"supported_types": [tf.float16]}}
+                    kwargs = {
+                        "optimizations": [tf.lite.Optimize.DEFAULT],
+                        "target_spec": {"supported_types": [tf.float16]},
+                    }
                 elif options.quantize == "int8":
-                    kwargs = {"optimizations": [tf.lite.Optimize.DEFAULT],
-                              "representative_dataset": _representative(run)}
+                    kwargs = {
+                        "optimizations": [tf.lite.Optimize.DEFAULT],
+                        "representative_dataset": _representative(run),
+                    }
                 model.export(str(target), format="litert", verbose=False, **kwargs)
     except Exception as exc:  # converters raise many types (ConverterError, tf2onnx's own...)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -226,7 +240,8 @@ class ExportedModel:
         except (OSError, ValueError, RuntimeError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelError(
-                f"exported model '{self.artifact}' cannot be loaded: {first}") from None
+                f"exported model '{self.artifact}' cannot be loaded: {first}"
+            ) from None
 
     def _load_savedmodel(self) -> Callable[[np.ndarray], np.ndarray]:
         import tensorflow as tf
@@ -243,8 +258,9 @@ class ExportedModel:
 
         options = ort.SessionOptions()
         options.log_severity_level = 3
-        session = ort.InferenceSession(str(self.artifact), options,
-                                       providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(
+            str(self.artifact), options, providers=["CPUExecutionProvider"]
+        )
         name = session.get_inputs()[0].name
 
         def forward(x: np.ndarray) -> np.ndarray:
@@ -268,8 +284,9 @@ class ExportedModel:
         """Probabilities (N,) for 0..255 pixels (N, H, W, C), in chunks."""
         if len(pixels) == 0:
             return np.zeros((0,), np.float32)
-        return np.concatenate([self._forward(pixels[i : i + CHUNK])
-                               for i in range(0, len(pixels), CHUNK)])
+        return np.concatenate(
+            [self._forward(pixels[i : i + CHUNK]) for i in range(0, len(pixels), CHUNK)]
+        )
 
 
 def is_export_folder(path: str | Path) -> bool:
@@ -311,8 +328,9 @@ def predict_export(
     """
     exported = load_export(path)
     cut = exported.threshold if threshold is None else threshold
-    return predict_with(exported.predict, exported.image_shape, exported.class_names, cut,
-                        inputs, skip_bad_images)
+    return predict_with(
+        exported.predict, exported.image_shape, exported.class_names, cut, inputs, skip_bad_images
+    )
 
 
 # --------------------------------------------------------------------------- parity
@@ -341,8 +359,9 @@ def compare_predictions(
     reference = np.asarray(reference, np.float64).reshape(-1)
     exported = np.asarray(exported, np.float64).reshape(-1)
     if reference.shape != exported.shape:
-        raise ModelError(f"the export returned {exported.shape[0]} probabilities for "
-                         f"{reference.shape[0]} images")
+        raise ModelError(
+            f"the export returned {exported.shape[0]} probabilities for {reference.shape[0]} images"
+        )
     if not np.all(np.isfinite(exported)):
         raise ModelError("the export returned NaN or infinite probabilities")
     diff = np.abs(reference - exported)
@@ -354,7 +373,8 @@ def compare_predictions(
         "max_abs_diff": max_diff,
         "mean_abs_diff": float(diff.mean()) if diff.size else 0.0,
         "class_agreement": float(np.mean((reference >= threshold) == (exported >= threshold)))
-        if diff.size else 1.0,
+        if diff.size
+        else 1.0,
         "roc_auc_keras": ref_m["roc_auc"],
         "roc_auc_export": exp_m["roc_auc"],
         "accuracy_keras": ref_m["accuracy"],
@@ -376,8 +396,9 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
             raise RunError(f"output '{out}' exists and is not a folder")
         if any(out.iterdir()):
             if not overwrite:
-                raise RunError(f"export folder '{out}' already exists; use --overwrite to "
-                               "replace it")
+                raise RunError(
+                    f"export folder '{out}' already exists; use --overwrite to replace it"
+                )
             if not is_export_folder(out):
                 raise RunError(f"refusing to overwrite '{out}': it is not an l1cnn export folder")
     parent = out.parent
@@ -425,7 +446,7 @@ def export_run(
         "threshold": run.threshold,
         "image_shape": list(run.image_shape),
         "input": "pixels: 0..255, shape (N, H, W, C); "
-                 + ("uint8" if options.format == "savedmodel" else "float32"),
+        + ("uint8" if options.format == "savedmodel" else "float32"),
         "output": "positive-class probability",
     }
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial"))
@@ -449,8 +470,9 @@ def export_run(
             pixels = _as_uint8(pixels)  # compare on exactly what the signature sees
         reference = predict_split(run.model, Split(pixels, test.labels, test.ids))
         tolerance = FLOAT_TOLERANCE if options.quantize is None else None
-        parity = compare_predictions(test.labels, reference, exported.predict(pixels),
-                                     run.threshold, tolerance)
+        parity = compare_predictions(
+            test.labels, reference, exported.predict(pixels), run.threshold, tolerance
+        )
         record["parity"] = {"data": f"{run.info['source']} (test split)", **parity}
         runs.write_json(staging / EXPORT_FILE, record)
         if out.exists():

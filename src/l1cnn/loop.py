@@ -172,8 +172,9 @@ def fit(
             started = time.perf_counter()
             epoch_ds = train_ds(epoch) if callable(train_ds) else train_ds
             n_batches = int(epoch_ds.cardinality().numpy())
-            bar = keras.utils.Progbar(n_batches, verbose=1 if verbose else 0,
-                                      stateful_metrics=[*PROGRESS_METRICS])
+            bar = keras.utils.Progbar(
+                n_batches, verbose=1 if verbose else 0, stateful_metrics=[*PROGRESS_METRICS]
+            )
             if verbose:
                 print(f"Epoch {epoch}/{epochs}")
             sums = np.zeros(4)
@@ -181,8 +182,12 @@ def fit(
             for i, (x, y, w) in enumerate(epoch_ds, start=1):
                 loss, fit_loss, penalty, correct = step(x, y, w)
                 batch = int(y.shape[0])
-                sums += [float(loss) * batch, float(fit_loss) * batch, float(penalty) * batch,
-                         float(correct)]
+                sums += [
+                    float(loss) * batch,
+                    float(fit_loss) * batch,
+                    float(penalty) * batch,
+                    float(correct),
+                ]
                 seen += batch
                 if i < n_batches:
                     bar.update(i, [("loss", sums[0] / seen), ("accuracy", sums[3] / seen)])

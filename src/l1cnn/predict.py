@@ -11,9 +11,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 import keras
+import numpy as np
 
 from l1cnn.data import (
     Dataset,
@@ -92,8 +91,9 @@ def predict(
     """
     run = _as_run(run)
     cut = run.threshold if threshold is None else threshold
-    return predict_with(make_predict_fn(run.model), run.image_shape, run.class_names, cut,
-                        inputs, skip_bad_images)
+    return predict_with(
+        make_predict_fn(run.model), run.image_shape, run.class_names, cut, inputs, skip_bad_images
+    )
 
 
 def predict_with(
@@ -131,8 +131,9 @@ def predict_with(
             if not isinstance(src, Path):
                 batch[i] = _pixels_like_run(src, (height, width, channels), item_id)
         if files:
-            images, good, bad = load_images([p for _, p in files], (height, width), channels,
-                                            skip_bad_images)
+            images, good, bad = load_images(
+                [p for _, p in files], (height, width), channels, skip_bad_images
+            )
             skipped += bad
             for k, g in enumerate(good):
                 batch[files[g][0]] = images[k]
@@ -163,8 +164,9 @@ def load_other_data(
 
     Returns (split, what it is, messages for the bad images skipped with ``skip_bad_images``).
     """
-    data_config = replace(run.config.data, val_fraction=0.15, test_fraction=0.15,
-                          skip_bad_images=skip_bad_images)  # issue 6: evaluate can skip too
+    data_config = replace(
+        run.config.data, val_fraction=0.15, test_fraction=0.15, skip_bad_images=skip_bad_images
+    )  # issue 6: evaluate can skip too
     dataset = load_data(source, data_config, run.config.train.seed, make_missing_splits=False)
     if dataset.kind == "folder" and sorted(dataset.class_names) != sorted(run.class_names):
         raise DataError(

@@ -143,8 +143,12 @@ def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def _change(before: dict[str, Any], after: dict[str, Any]) -> dict[str, float | None]:
-    return {k: (after[k] - before[k]) if before.get(k) is not None and after.get(k) is not None
-            else None for k in SUMMARY_METRICS}
+    return {
+        k: (after[k] - before[k])
+        if before.get(k) is not None and after.get(k) is not None
+        else None
+        for k in SUMMARY_METRICS
+    }
 
 
 class _KeepMask:
@@ -157,8 +161,14 @@ class _KeepMask:
         return keras.ops.where(self.mask, w, keras.ops.zeros_like(w))
 
 
-def _fine_tune(model: keras.Model, masks: list[np.ndarray], run: runs.Run, dataset: Any,
-               epochs: int, verbose: bool) -> Any:
+def _fine_tune(
+    model: keras.Model,
+    masks: list[np.ndarray],
+    run: runs.Run,
+    dataset: Any,
+    epochs: int,
+    verbose: bool,
+) -> Any:
     """Our training loop with each kernel constrained to its mask, so zeros stay zero.
 
     Keras applies a variable's ``constraint`` right after every optimizer update, i.e. inside
@@ -172,14 +182,28 @@ def _fine_tune(model: keras.Model, masks: list[np.ndarray], run: runs.Run, datas
         kernel.constraint = _KeepMask(mask)
     try:
         weights = class_weights(dataset.splits["train"].labels, config.train.class_weight)
-        train_ds = make_tf_dataset(dataset.splits["train"], config.train.batch_size,
-                                   shuffle=True, seed=config.train.seed, weights=weights)
+        train_ds = make_tf_dataset(
+            dataset.splits["train"],
+            config.train.batch_size,
+            shuffle=True,
+            seed=config.train.seed,
+            weights=weights,
+        )
         val_ds = make_tf_dataset(dataset.splits["val"], PREDICT_BATCH)
-        settings = StepSettings(config.model.l1_lambda, config.model.l1_mode,
-                                config.train.learning_rate)
-        return fit(model, model.optimizer, train_ds, val_ds, dataset.splits["val"].labels,
-                   settings, epochs=epochs, early_stopping=make_early_stopping(config),
-                   verbose=verbose)
+        settings = StepSettings(
+            config.model.l1_lambda, config.model.l1_mode, config.train.learning_rate
+        )
+        return fit(
+            model,
+            model.optimizer,
+            train_ds,
+            val_ds,
+            dataset.splits["val"].labels,
+            settings,
+            epochs=epochs,
+            early_stopping=make_early_stopping(config),
+            verbose=verbose,
+        )
     finally:
         for kernel in kernels:
             kernel.constraint = None
@@ -230,8 +254,9 @@ def prune_run(
     dense_sizes = model_file_sizes(run.model)
     before = run.metrics["test"]
 
-    masks = [magnitude_mask(keras.ops.convert_to_numpy(k), options)
-             for k in regularized_kernels(model)]
+    masks = [
+        magnitude_mask(keras.ops.convert_to_numpy(k), options) for k in regularized_kernels(model)
+    ]
     apply_masks(model, masks)
     pruned_metrics, _ = score_dataset(model, dataset, run.config.train.threshold)
     history: list[dict[str, float]] = []
@@ -243,14 +268,18 @@ def prune_run(
     metrics, probs = score_dataset(model, dataset, run.config.train.threshold)
     best = next((h for h in history if h["epoch"] == best_epoch), None)
     l1_share = best["l1_penalty"] / best["loss"] if best and best.get("loss") else None
-    metrics["diagnosis"] = diagnose(probs["val"], metrics["val"]["roc_auc"], l1_share,
-                                    run.config.model.l1_lambda)
+    metrics["diagnosis"] = diagnose(
+        probs["val"], metrics["val"]["roc_auc"], l1_share, run.config.model.l1_lambda
+    )
     pruned_sizes = model_file_sizes(model)
     record = {
         "source_run": str(run.path),
-        "rule": {"sparsity": options.sparsity, "threshold": options.threshold,
-                 "scope": "per layer" if options.sparsity is not None else "absolute |w|",
-                 "weights": "Conv2D and Dense kernels (biases kept)"},
+        "rule": {
+            "sparsity": options.sparsity,
+            "threshold": options.threshold,
+            "scope": "per layer" if options.sparsity is not None else "absolute |w|",
+            "weights": "Conv2D and Dense kernels (biases kept)",
+        },
         "fine_tune_epochs": options.fine_tune_epochs,
         "sparsity": layer_sparsity(model),
         "dense_sparsity": layer_sparsity(run.model),
@@ -258,8 +287,11 @@ def prune_run(
         "test_after_pruning": _summary(pruned_metrics["test"]),
         "test_after": _summary(metrics["test"]),
         "test_change": _change(before, metrics["test"]),
-        "model_file": {"dense": dense_sizes, "pruned": pruned_sizes,
-                       "gzip_ratio": pruned_sizes["gzip_bytes"] / dense_sizes["gzip_bytes"]},
+        "model_file": {
+            "dense": dense_sizes,
+            "pruned": pruned_sizes,
+            "gzip_ratio": pruned_sizes["gzip_bytes"] / dense_sizes["gzip_bytes"],
+        },
         "data": f"{run.info['source']} (test split)",
         "seed": run.config.train.seed,
     }
@@ -283,19 +315,23 @@ def prune_run(
     try:
         runs.atomic_write_text(run_dir / runs.CONFIG_FILE, dumps_config(run.config))
         runs.write_json(run_dir / runs.DATA_FILE, run.data)
-        runs.atomic_write_bytes(run_dir / runs.SPLIT_FILE,
-                                (run.path / runs.SPLIT_FILE).read_bytes())
-        info["model_sha256"] = runs.save_model_atomic(plain_copy(model),
-                                                      run_dir / runs.MODEL_FILE)
+        runs.atomic_write_bytes(
+            run_dir / runs.SPLIT_FILE, (run.path / runs.SPLIT_FILE).read_bytes()
+        )
+        info["model_sha256"] = runs.save_model_atomic(plain_copy(model), run_dir / runs.MODEL_FILE)
         runs.write_csv(run_dir / runs.HISTORY_FILE, history, HISTORY_FIELDS)
-        runs.write_csv(run_dir / runs.PREDICTIONS_FILE, prediction_rows(dataset, probs),
-                       ["split", "id", "label", "probability"])
+        runs.write_csv(
+            run_dir / runs.PREDICTIONS_FILE,
+            prediction_rows(dataset, probs),
+            ["split", "id", "label", "probability"],
+        )
         runs.write_json(run_dir / runs.METRICS_FILE, metrics)
         runs.write_json(run_dir / PRUNE_FILE, record)
         runs.write_json(run_dir / runs.RUN_FILE, info)
     except OSError as exc:
         raise RunError(f"cannot write to run folder '{run_dir}': {exc.strerror}") from None
-    write_explanation(run_dir, model, dataset.splits["test"], probs["test"],
-                      metrics["threshold"]["value"])
+    write_explanation(
+        run_dir, model, dataset.splits["test"], probs["test"], metrics["threshold"]["value"]
+    )
     write_report(run_dir)
     return PruneResult(run_dir, record)

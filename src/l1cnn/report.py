@@ -36,22 +36,34 @@ NEG_COLOR, POS_COLOR, VAL_COLOR, TRAIN_COLOR = "#4C78A8", "#E45756", "#F58518", 
 # (key, label, one sentence): the metrics table of the report, in order.
 METRICS: list[tuple[str, str, str]] = [
     ("accuracy", "Accuracy", "Share of images called correctly at the chosen threshold."),
-    ("balanced_accuracy", "Balanced accuracy",
-     "Mean of recall and specificity; not fooled by an imbalanced split."),
+    (
+        "balanced_accuracy",
+        "Balanced accuracy",
+        "Mean of recall and specificity; not fooled by an imbalanced split.",
+    ),
     ("precision", "Precision", "Of the images called positive, the share that are positive."),
     ("recall", "Recall (sensitivity)", "Of the positive images, the share called positive."),
     ("specificity", "Specificity", "Of the negative images, the share called negative."),
     ("f1", "F1", "Harmonic mean of precision and recall."),
     ("mcc", "MCC", "Matthews correlation of calls and labels: 0 is chance, 1 is perfect."),
-    ("roc_auc", "ROC-AUC",
-     "Chance that a random positive scores above a random negative (threshold-free)."),
-    ("pr_auc", "PR-AUC (average precision)",
-     "Area under the precision-recall curve (threshold-free)."),
+    (
+        "roc_auc",
+        "ROC-AUC",
+        "Chance that a random positive scores above a random negative (threshold-free).",
+    ),
+    (
+        "pr_auc",
+        "PR-AUC (average precision)",
+        "Area under the precision-recall curve (threshold-free).",
+    ),
     ("loss", "Log loss", "Mean negative log-likelihood of the true labels; lower is better."),
     ("brier", "Brier score", "Mean squared gap between probability and label; lower is better."),
-    ("ece", "ECE",
-     "Expected calibration error: mean gap between predicted and observed positive rate over "
-     "10 probability bins."),
+    (
+        "ece",
+        "ECE",
+        "Expected calibration error: mean gap between predicted and observed positive rate over "
+        "10 probability bins.",
+    ),
 ]
 CI_KEYS = ("accuracy", "f1", "roc_auc")
 
@@ -115,8 +127,10 @@ def read_run_files(path: str | Path) -> RunFiles:
         info = runs.read_json(path / runs.RUN_FILE)
         data = runs.read_json(path / runs.DATA_FILE)
         metrics = runs.read_json(path / runs.METRICS_FILE)
-        history = [{k: _float(v) for k, v in row.items()}
-                   for row in runs.read_csv(path / runs.HISTORY_FILE)]
+        history = [
+            {k: _float(v) for k, v in row.items()}
+            for row in runs.read_csv(path / runs.HISTORY_FILE)
+        ]
         rows = runs.read_csv(path / runs.PREDICTIONS_FILE)
     except FileNotFoundError as exc:
         raise RunError(f"run '{path}' is missing {Path(exc.filename).name}") from None
@@ -125,8 +139,10 @@ def read_run_files(path: str | Path) -> RunFiles:
     predictions = {}
     for split in ("val", "test"):
         chosen = [r for r in rows if r["split"] == split]
-        predictions[split] = (np.array([int(r["label"]) for r in chosen], dtype=np.int64),
-                              np.array([float(r["probability"]) for r in chosen]))
+        predictions[split] = (
+            np.array([int(r["label"]) for r in chosen], dtype=np.int64),
+            np.array([float(r["probability"]) for r in chosen]),
+        )
     explanation = None
     if (path / EXPLAIN_FILE).exists():
         try:
@@ -170,11 +186,23 @@ def plot_learning_curves(run: RunFiles) -> Plot:
     axes = fig.subplots(1, 3)
     best, stop = run.info.get("best_epoch"), run.info.get("epochs_run")
     panels = [
-        (axes[0], "Loss", [("loss", "train (data + L1)", TRAIN_COLOR, "-"),
-                           ("data_loss", "train data loss", TRAIN_COLOR, ":"),
-                           ("val_loss", "validation", VAL_COLOR, "-")]),
-        (axes[1], "Accuracy", [("accuracy", "train", TRAIN_COLOR, "-"),
-                               ("val_accuracy", "validation", VAL_COLOR, "-")]),
+        (
+            axes[0],
+            "Loss",
+            [
+                ("loss", "train (data + L1)", TRAIN_COLOR, "-"),
+                ("data_loss", "train data loss", TRAIN_COLOR, ":"),
+                ("val_loss", "validation", VAL_COLOR, "-"),
+            ],
+        ),
+        (
+            axes[1],
+            "Accuracy",
+            [
+                ("accuracy", "train", TRAIN_COLOR, "-"),
+                ("val_accuracy", "validation", VAL_COLOR, "-"),
+            ],
+        ),
     ]
     for ax, title, lines in panels:
         for key, label, color, style in lines:
@@ -192,17 +220,23 @@ def plot_learning_curves(run: RunFiles) -> Plot:
         _style(ax)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if best:
-            ax.axvline(best, color="#54A24B", linestyle="--", linewidth=1.2,
-                       label=f"best epoch {best}")
+            ax.axvline(
+                best, color="#54A24B", linestyle="--", linewidth=1.2, label=f"best epoch {best}"
+            )
         if stop and run.info.get("status") == "early_stopped":
-            ax.axvline(stop, color="#777777", linestyle=":", linewidth=1.2,
-                       label=f"early stop {stop}")
+            ax.axvline(
+                stop, color="#777777", linestyle=":", linewidth=1.2, label=f"early stop {stop}"
+            )
         ax.legend(fontsize=8, frameon=False)
-    return Plot("learning_curves", "Learning curves",
-                "Loss and accuracy per epoch on training and validation data; the dashed green "
-                "line marks the best epoch (whose weights are kept), the dotted grey one the "
-                "early stop; the right panel shows how much of the training loss is the L1 "
-                "penalty rather than the data.", _png(fig))
+    return Plot(
+        "learning_curves",
+        "Learning curves",
+        "Loss and accuracy per epoch on training and validation data; the dashed green "
+        "line marks the best epoch (whose weights are kept), the dotted grey one the "
+        "early stop; the right panel shows how much of the training loss is the L1 "
+        "penalty rather than the data.",
+        _png(fig),
+    )
 
 
 def _operating_point(m: dict[str, Any]) -> tuple[float, float, float, float]:
@@ -228,8 +262,14 @@ def plot_roc(run: RunFiles) -> Plot:
             ax.plot(pts["fpr"], pts["tpr"], color=color, label=f"{split} (AUC {auc:.3f})")
     ax.plot([0, 1], [0, 1], color="#bbbbbb", linestyle="--", linewidth=1, label="chance")
     fpr, tpr, _, _ = _operating_point(run.metrics["test"])
-    ax.plot([fpr], [tpr], "o", color="black", markersize=8,
-            label=f"threshold {run.threshold:.3g} on test")
+    ax.plot(
+        [fpr],
+        [tpr],
+        "o",
+        color="black",
+        markersize=8,
+        label=f"threshold {run.threshold:.3g} on test",
+    )
     ax.set_xlabel("false positive rate (1 - specificity)")
     ax.set_ylabel("true positive rate (recall)")
     ax.set_title("ROC curve")
@@ -237,9 +277,13 @@ def plot_roc(run: RunFiles) -> Plot:
     ax.set_ylim(-0.02, 1.02)
     _style(ax)
     ax.legend(fontsize=8, loc="lower right", frameon=False)
-    return Plot("roc", "ROC curve",
-                "True positive rate against false positive rate as the threshold sweeps from 1 "
-                "to 0; the dot is the chosen threshold on the test split.", _png(fig))
+    return Plot(
+        "roc",
+        "ROC curve",
+        "True positive rate against false positive rate as the threshold sweeps from 1 "
+        "to 0; the dot is the chosen threshold on the test split.",
+        _png(fig),
+    )
 
 
 def plot_pr(run: RunFiles) -> Plot:
@@ -251,15 +295,31 @@ def plot_pr(run: RunFiles) -> Plot:
         if _both_classes(labels):
             pts = pr_points(labels, probs)
             ap = run.metrics[split].get("pr_auc")
-            ax.plot(pts["recall"], pts["precision"], color=color, drawstyle="steps-post",
-                    label=f"{split} (AP {ap:.3f})")
+            ax.plot(
+                pts["recall"],
+                pts["precision"],
+                color=color,
+                drawstyle="steps-post",
+                label=f"{split} (AP {ap:.3f})",
+            )
     labels, _ = run.predictions["test"]
     if labels.size:
-        ax.axhline(labels.mean(), color="#bbbbbb", linestyle="--", linewidth=1,
-                   label=f"chance (positive rate {labels.mean():.2f})")
+        ax.axhline(
+            labels.mean(),
+            color="#bbbbbb",
+            linestyle="--",
+            linewidth=1,
+            label=f"chance (positive rate {labels.mean():.2f})",
+        )
     _, _, precision, recall = _operating_point(run.metrics["test"])
-    ax.plot([recall], [precision], "o", color="black", markersize=8,
-            label=f"threshold {run.threshold:.3g} on test")
+    ax.plot(
+        [recall],
+        [precision],
+        "o",
+        color="black",
+        markersize=8,
+        label=f"threshold {run.threshold:.3g} on test",
+    )
     ax.set_xlabel("recall")
     ax.set_ylabel("precision")
     ax.set_title("Precision-recall curve")
@@ -267,9 +327,13 @@ def plot_pr(run: RunFiles) -> Plot:
     ax.set_ylim(-0.02, 1.02)
     _style(ax)
     ax.legend(fontsize=8, loc="lower left", frameon=False)
-    return Plot("pr", "Precision-recall curve",
-                "Precision against recall as the threshold sweeps; AP (average precision) "
-                "summarizes the curve, the dot is the chosen threshold on test.", _png(fig))
+    return Plot(
+        "pr",
+        "Precision-recall curve",
+        "Precision against recall as the threshold sweeps; AP (average precision) "
+        "summarizes the curve, the dot is the chosen threshold on test.",
+        _png(fig),
+    )
 
 
 def plot_confusion(run: RunFiles) -> Plot:
@@ -283,14 +347,25 @@ def plot_confusion(run: RunFiles) -> Plot:
     ax = fig.subplots()
     ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
     for (i, j), count in np.ndenumerate(grid):
-        ax.text(j, i, f"{int(count)}\n{share[i, j]:.0%}", ha="center", va="center", fontsize=12,
-                color="white" if share[i, j] > 0.6 else "black")
+        ax.text(
+            j,
+            i,
+            f"{int(count)}\n{share[i, j]:.0%}",
+            ha="center",
+            va="center",
+            fontsize=12,
+            color="white" if share[i, j] > 0.6 else "black",
+        )
     ax.set_xticks([0, 1], [f"called {negative}", f"called {positive}"])
     ax.set_yticks([0, 1], [f"true {negative}", f"true {positive}"])
     ax.set_title(f"Confusion matrix (test, threshold {run.threshold:.3g})")
-    return Plot("confusion", "Confusion matrix",
-                "Test images by true class (rows) and call (columns) at the chosen threshold, "
-                "with each row's share.", _png(fig))
+    return Plot(
+        "confusion",
+        "Confusion matrix",
+        "Test images by true class (rows) and call (columns) at the chosen threshold, "
+        "with each row's share.",
+        _png(fig),
+    )
 
 
 def plot_reliability(run: RunFiles) -> Plot:
@@ -301,13 +376,26 @@ def plot_reliability(run: RunFiles) -> Plot:
     used = bins["count"] > 0
     fig = _figure()
     ax = fig.subplots()
-    ax.bar(centers[used], bins["frac_positive"][used], width=0.09, color=NEG_COLOR, alpha=0.75,
-           label="observed positive rate")
-    ax.plot(bins["mean_prob"][used], bins["frac_positive"][used], "o", color="black",
-            markersize=4, label="bin mean probability")
+    ax.bar(
+        centers[used],
+        bins["frac_positive"][used],
+        width=0.09,
+        color=NEG_COLOR,
+        alpha=0.75,
+        label="observed positive rate",
+    )
+    ax.plot(
+        bins["mean_prob"][used],
+        bins["frac_positive"][used],
+        "o",
+        color="black",
+        markersize=4,
+        label="bin mean probability",
+    )
     ax.plot([0, 1], [0, 1], color="#bbbbbb", linestyle="--", label="perfect calibration")
-    for x, y, n in zip(centers[used], bins["frac_positive"][used], bins["count"][used],
-                       strict=True):
+    for x, y, n in zip(
+        centers[used], bins["frac_positive"][used], bins["count"][used], strict=True
+    ):
         ax.text(x, min(y + 0.03, 1.0), f"{int(n)}", ha="center", fontsize=7, color="#555555")
     ece = run.metrics["test"].get("ece")
     ax.set_title("Reliability (test)" + (f", ECE {ece:.3f}" if ece is not None else ""))
@@ -317,9 +405,13 @@ def plot_reliability(run: RunFiles) -> Plot:
     ax.set_ylim(0, 1.08)
     _style(ax)
     ax.legend(fontsize=8, loc="upper left", frameon=False)
-    return Plot("reliability", "Reliability diagram",
-                "Test images grouped into 10 probability bins (count above each bar): a "
-                "calibrated model's bars reach the diagonal.", _png(fig))
+    return Plot(
+        "reliability",
+        "Reliability diagram",
+        "Test images grouped into 10 probability bins (count above each bar): a "
+        "calibrated model's bars reach the diagonal.",
+        _png(fig),
+    )
 
 
 def plot_probability_histogram(run: RunFiles) -> Plot:
@@ -331,17 +423,27 @@ def plot_probability_histogram(run: RunFiles) -> Plot:
     edges = np.linspace(0, 1, 26)
     for cls, name, color in ((0, negative, NEG_COLOR), (1, positive, POS_COLOR)):
         counts, _ = np.histogram(probs[labels == cls], bins=edges)
-        ax.stairs(counts, edges, fill=True, alpha=0.6, color=color,
-                  label=f"true {name} ({int((labels == cls).sum())})")
+        ax.stairs(
+            counts,
+            edges,
+            fill=True,
+            alpha=0.6,
+            color=color,
+            label=f"true {name} ({int((labels == cls).sum())})",
+        )
     ax.axvline(run.threshold, color="black", linestyle="--", label=f"threshold {run.threshold:.3g}")
     ax.set_xlabel("predicted probability of the positive class")
     ax.set_ylabel("test images")
     ax.set_title("Predicted probabilities by true class (test)")
     _style(ax)
     ax.legend(fontsize=8, frameon=False)
-    return Plot("probabilities", "Probabilities by class",
-                "How the test probabilities of each true class spread: good separation puts "
-                "the two humps on either side of the threshold.", _png(fig))
+    return Plot(
+        "probabilities",
+        "Probabilities by class",
+        "How the test probabilities of each true class spread: good separation puts "
+        "the two humps on either side of the threshold.",
+        _png(fig),
+    )
 
 
 def plot_threshold_sweep(run: RunFiles) -> Plot:
@@ -362,21 +464,29 @@ def plot_threshold_sweep(run: RunFiles) -> Plot:
         }
     fig = _figure()
     ax = fig.subplots()
-    for (name, values), color in zip(curves.items(), (POS_COLOR, NEG_COLOR, "#54A24B", "#B279A2"),
-                                     strict=True):
+    for (name, values), color in zip(
+        curves.items(), (POS_COLOR, NEG_COLOR, "#54A24B", "#B279A2"), strict=True
+    ):
         ax.plot(cuts, values, color=color, label=name)
     rule = run.metrics["threshold"].get("rule")
-    ax.axvline(run.threshold, color="black", linestyle="--",
-               label=f"threshold {run.threshold:.3g} ({rule})")
+    ax.axvline(
+        run.threshold,
+        color="black",
+        linestyle="--",
+        label=f"threshold {run.threshold:.3g} ({rule})",
+    )
     ax.set_xlabel("threshold")
     ax.set_ylim(-0.02, 1.02)
     ax.set_title("Metrics against the threshold (validation)")
     _style(ax)
     ax.legend(fontsize=8, loc="lower center", frameon=False, ncol=2)
-    return Plot("threshold", "Threshold choice",
-                "Recall, specificity, precision and F1 on the validation split for every "
-                "threshold; the dashed line is the threshold the run's rule chose there.",
-                _png(fig))
+    return Plot(
+        "threshold",
+        "Threshold choice",
+        "Recall, specificity, precision and F1 on the validation split for every "
+        "threshold; the dashed line is the threshold the run's rule chose there.",
+        _png(fig),
+    )
 
 
 def plot_weights(run: RunFiles) -> Plot | None:
@@ -394,14 +504,22 @@ def plot_weights(run: RunFiles) -> Plot | None:
         ax.stairs(exp["weight_counts"][i], edges, fill=True, color="#72B7B2")
         ax.axvline(math.log10(cut), color=POS_COLOR, linestyle="--", linewidth=1)
         ax.set_xticks(ticks, [f"1e{t:d}" for t in ticks], fontsize=7)
-        ax.set_title(f"{name}: {int(exp['layer_sizes'][i]):,} weights\n"
-                     f"{float(exp['near_zero_fraction'][i]):.1%} below {cut:g}", fontsize=9)
-        ax.set_xlabel(f"|w| (log scale; under {10 ** edges[0]:g} drawn at {10 ** edges[0]:g})",
-                      fontsize=7)
+        ax.set_title(
+            f"{name}: {int(exp['layer_sizes'][i]):,} weights\n"
+            f"{float(exp['near_zero_fraction'][i]):.1%} below {cut:g}",
+            fontsize=9,
+        )
+        ax.set_xlabel(
+            f"|w| (log scale; under {10 ** edges[0]:g} drawn at {10 ** edges[0]:g})", fontsize=7
+        )
         _style(ax)
-    return Plot("weights", "Weight magnitudes",
-                f"Histogram of |w| per layer on a log scale; the red line is {cut:g}, and the "
-                "share of weights below it is what L1 has (nearly) switched off.", _png(fig))
+    return Plot(
+        "weights",
+        "Weight magnitudes",
+        f"Histogram of |w| per layer on a log scale; the red line is {cut:g}, and the "
+        "share of weights below it is what L1 has (nearly) switched off.",
+        _png(fig),
+    )
 
 
 TILE = 120  # pixels per image side in the mosaics (nearest-neighbour upscaling)
@@ -434,7 +552,7 @@ def _mosaic(tiles: list[np.ndarray], cols: int) -> np.ndarray:
         r, c = divmod(k, cols)
         big = np.repeat(np.repeat(tile, factor, axis=0), factor, axis=1)
         top, left = r * (side_h + LABEL_ROWS + gap) + LABEL_ROWS, c * (side_w + gap)
-        out[top:top + side_h, left:left + side_w] = big
+        out[top : top + side_h, left : left + side_w] = big
     return out
 
 
@@ -452,8 +570,7 @@ def _mosaic_figure(tiles: list[np.ndarray], cols: int, labels: list[tuple[str, s
         r, c = divmod(k, cols)
         x = c * (w * factor + 6) + w * factor / 2
         y = r * (h * factor + LABEL_ROWS + 6) + LABEL_ROWS - 3
-        ax.text(x, y, text, ha="center", va="bottom", fontsize=8.5, color=color,
-                linespacing=1.1)
+        ax.text(x, y, text, ha="center", va="bottom", fontsize=8.5, color=color, linespacing=1.1)
     return fig
 
 
@@ -464,16 +581,20 @@ def plot_wrong(run: RunFiles) -> Plot | None:
         return None
     images = exp["wrong_images"]
     names = run.data["class_names"]
-    caption = ("The test images the model got wrong with the most confidence (p = predicted "
-               "probability of the positive class).")
+    caption = (
+        "The test images the model got wrong with the most confidence (p = predicted "
+        "probability of the positive class)."
+    )
     if len(images) == 0:
         fig = _figure(4, 1)
         ax = fig.subplots()
         ax.axis("off")
         ax.text(0.5, 0.5, "No wrong calls on the test split.", ha="center", va="center")
         return Plot("wrong", "Most confidently wrong", caption, _png(fig))
-    labels = [(f"true {names[int(y)]}\np={float(p):.2f}", "black")
-              for y, p in zip(exp["wrong_labels"], exp["wrong_probs"], strict=True)]
+    labels = [
+        (f"true {names[int(y)]}\np={float(p):.2f}", "black")
+        for y, p in zip(exp["wrong_labels"], exp["wrong_probs"], strict=True)
+    ]
     fig = _mosaic_figure([_rgb(i) for i in images], min(8, len(images)), labels)
     return Plot("wrong", "Most confidently wrong", caption, _png(fig))
 
@@ -485,23 +606,41 @@ def plot_saliency(run: RunFiles) -> Plot | None:
         return None
     images, maps = exp["saliency_images"], exp["saliency_maps"]
     names = run.data["class_names"]
-    tiles = [_rgb(i) for i in images] + [_heat(_rgb(i), m) for i, m in zip(images, maps,
-                                                                            strict=True)]
+    tiles = [_rgb(i) for i in images] + [
+        _heat(_rgb(i), m) for i, m in zip(images, maps, strict=True)
+    ]
     labels = []
-    for ok, y, p in zip(exp["saliency_correct"], exp["saliency_labels"], exp["saliency_probs"],
-                        strict=True):
-        labels.append((f"{'correct' if ok else 'WRONG'}\ntrue {names[int(y)]}, p={float(p):.2f}",
-                       "#2a7a2a" if ok else "#b22222"))
+    for ok, y, p in zip(
+        exp["saliency_correct"], exp["saliency_labels"], exp["saliency_probs"], strict=True
+    ):
+        labels.append(
+            (
+                f"{'correct' if ok else 'WRONG'}\ntrue {names[int(y)]}, p={float(p):.2f}",
+                "#2a7a2a" if ok else "#b22222",
+            )
+        )
     labels += [("Grad-CAM", "#555555")] * len(images)
     fig = _mosaic_figure(tiles, len(images), labels)
-    return Plot("saliency", "Saliency (Grad-CAM)",
-                "Top: test images; bottom: Grad-CAM on the last convolution, bright where the "
-                "image pushed the model toward the class it called.", _png(fig))
+    return Plot(
+        "saliency",
+        "Saliency (Grad-CAM)",
+        "Top: test images; bottom: Grad-CAM on the last convolution, bright where the "
+        "image pushed the model toward the class it called.",
+        _png(fig),
+    )
 
 
 PLOTTERS: list[Callable[[RunFiles], Plot | None]] = [
-    plot_learning_curves, plot_roc, plot_pr, plot_confusion, plot_reliability,
-    plot_probability_histogram, plot_threshold_sweep, plot_weights, plot_wrong, plot_saliency,
+    plot_learning_curves,
+    plot_roc,
+    plot_pr,
+    plot_confusion,
+    plot_reliability,
+    plot_probability_histogram,
+    plot_threshold_sweep,
+    plot_weights,
+    plot_wrong,
+    plot_saliency,
 ]
 
 
@@ -580,8 +719,9 @@ def metric_rows(metrics: dict[str, Any], splits: Sequence[str]) -> list[list[str
     return rows
 
 
-def _html_table(head: list[str], rows: list[list[str]], num_cols: set[int],
-                what_col: int | None = None) -> str:
+def _html_table(
+    head: list[str], rows: list[list[str]], num_cols: set[int], what_col: int | None = None
+) -> str:
     out = ["<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"]
     for row in rows:
         cells = []
@@ -612,8 +752,10 @@ def data_rows(run: RunFiles) -> list[list[str]]:
     rows = [
         ["source", f"{d.get('source')} ({d.get('kind')})"],
         ["classes", f"{negative} (0, negative) / {positive} (1, positive)"],
-        ["image shape", " x ".join(map(str, d.get("image_shape", [])))
-         + f" ({d.get('pixel_dtype', '?')})"],
+        [
+            "image shape",
+            " x ".join(map(str, d.get("image_shape", []))) + f" ({d.get('pixel_dtype', '?')})",
+        ],
     ]
     for split, counts in d.get("counts", {}).items():
         origin = d.get("split_origin", {}).get(split, "")
@@ -645,15 +787,23 @@ def run_rows(run: RunFiles) -> list[list[str]]:
         rows.append(["threshold changed by", str(t["changed_by"])])
     versions = i.get("versions", {})
     if versions:
-        rows.append(["versions", ", ".join(f"{k} {v}" for k, v in versions.items()
-                                           if k != "platform")])
+        rows.append(
+            ["versions", ", ".join(f"{k} {v}" for k, v in versions.items() if k != "platform")]
+        )
     return rows
 
 
 def _headline(m: dict[str, Any]) -> list[tuple[str, str]]:
-    return [(label, _num(m.get(key))) for key, label in (
-        ("accuracy", "test accuracy"), ("roc_auc", "test ROC-AUC"), ("recall", "test recall"),
-        ("specificity", "test specificity"), ("f1", "test F1"))]
+    return [
+        (label, _num(m.get(key)))
+        for key, label in (
+            ("accuracy", "test accuracy"),
+            ("roc_auc", "test ROC-AUC"),
+            ("recall", "test recall"),
+            ("specificity", "test specificity"),
+            ("f1", "test F1"),
+        )
+    ]
 
 
 # -------------------------------------------------------------------------------- writers
@@ -665,42 +815,57 @@ def _b64(png: bytes) -> str:
 
 def _figure_html(plot: Plot) -> str:
     wide = ' class="wide"' if plot.name in WIDE_PLOTS else ""
-    return (f'<figure{wide}><img src="{_b64(plot.png)}" alt="{html.escape(plot.title)}">'
-            f"<figcaption><b>{html.escape(plot.title)}.</b> {html.escape(plot.caption)}"
-            "</figcaption></figure>")
+    return (
+        f'<figure{wide}><img src="{_b64(plot.png)}" alt="{html.escape(plot.title)}">'
+        f"<figcaption><b>{html.escape(plot.title)}.</b> {html.escape(plot.caption)}"
+        "</figcaption></figure>"
+    )
 
 
 def _page(title: str, body: str) -> str:
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>{html.escape(title)}</title><style>{CSS}</style></head>"
-            f"<body><main>\n{body}\n<footer>Written by l1cnn on "
-            f"{dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}; self-contained (images "
-            "embedded, no scripts, no network).</footer></main></body></html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{html.escape(title)}</title><style>{CSS}</style></head>"
+        f"<body><main>\n{body}\n<footer>Written by l1cnn on "
+        f"{dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}; self-contained (images "
+        "embedded, no scripts, no network).</footer></main></body></html>\n"
+    )
 
 
 def render_html(run: RunFiles, plots: list[Plot]) -> str:
     """The self-contained report page of one run."""
     m = run.metrics
     splits = [s for s in ("train", "val", "test") if s in m]
-    cards = "".join(f'<div class="card"><div class="v">{html.escape(v)}</div>'
-                    f'<div class="k">{html.escape(k)}</div></div>' for k, v in _headline(m["test"]))
+    cards = "".join(
+        f'<div class="card"><div class="v">{html.escape(v)}</div>'
+        f'<div class="k">{html.escape(k)}</div></div>'
+        for k, v in _headline(m["test"])
+    )
     diagnosis = m.get("diagnosis") or {}
     warn = ""
     if diagnosis.get("collapsed"):
-        warn = (f'<div class="warn"><b>Warning:</b> {html.escape("; ".join(diagnosis["reasons"]))}.'
-                f" {html.escape(diagnosis.get('advice') or '')}</div>")
+        warn = (
+            f'<div class="warn"><b>Warning:</b> {html.escape("; ".join(diagnosis["reasons"]))}.'
+            f" {html.escape(diagnosis.get('advice') or '')}</div>"
+        )
     note = ""
     if run.explanation is None:
-        note = ('<div class="warn">No <code>explain.npz</code> in this run: weight, wrong-image '
-                "and saliency plots are missing (run <code>l1cnn report RUN</code>).</div>")
-    metrics_table = _html_table(["metric", *splits, "what it means"], metric_rows(m, splits),
-                                set(range(1, len(splits) + 1)), len(splits) + 1)
+        note = (
+            '<div class="warn">No <code>explain.npz</code> in this run: weight, wrong-image '
+            "and saliency plots are missing (run <code>l1cnn report RUN</code>).</div>"
+        )
+    metrics_table = _html_table(
+        ["metric", *splits, "what it means"],
+        metric_rows(m, splits),
+        set(range(1, len(splits) + 1)),
+        len(splits) + 1,
+    )
     body = f"""
 <h1>l1cnn run: {html.escape(run.name)}</h1>
-<p class="sub">{html.escape(str(run.data.get('name')))}: {html.escape(run.data['class_names'][1])}
-(positive) vs {html.escape(run.data['class_names'][0])}; threshold
-{run.threshold:.4g} ({html.escape(str(m['threshold'].get('rule')))}) chosen on validation;
+<p class="sub">{html.escape(str(run.data.get("name")))}: {html.escape(run.data["class_names"][1])}
+(positive) vs {html.escape(run.data["class_names"][0])}; threshold
+{run.threshold:.4g} ({html.escape(str(m["threshold"].get("rule")))}) chosen on validation;
 folder <code>{html.escape(str(run.path))}</code></p>
 <div class="cards">{cards}</div>
 {warn}{note}
@@ -735,14 +900,39 @@ def render_markdown(run: RunFiles, plots: list[Plot]) -> str:
     diagnosis = m.get("diagnosis") or {}
     if diagnosis.get("collapsed"):
         lines += [f"**Warning:** {'; '.join(diagnosis['reasons'])}. {diagnosis.get('advice')}", ""]
-    lines += ["## Metrics", "", _md_table(["metric", *splits, "what it means"],
-                                          metric_rows(m, splits)), "", "## Plots", ""]
+    lines += [
+        "## Metrics",
+        "",
+        _md_table(["metric", *splits, "what it means"], metric_rows(m, splits)),
+        "",
+        "## Plots",
+        "",
+    ]
     for p in plots:
-        lines += [f"### {p.title}", "", f"![{p.title}]({PLOTS_DIR}/{p.name}.png)", "",
-                  p.caption, ""]
-    lines += ["## Data", "", _md_table(["data", ""], data_rows(run)), "",
-              "## Training", "", _md_table(["training", ""], run_rows(run)), "",
-              "## Config", "", "```toml", run.config_text.rstrip(), "```", ""]
+        lines += [
+            f"### {p.title}",
+            "",
+            f"![{p.title}]({PLOTS_DIR}/{p.name}.png)",
+            "",
+            p.caption,
+            "",
+        ]
+    lines += [
+        "## Data",
+        "",
+        _md_table(["data", ""], data_rows(run)),
+        "",
+        "## Training",
+        "",
+        _md_table(["training", ""], run_rows(run)),
+        "",
+        "## Config",
+        "",
+        "```toml",
+        run.config_text.rstrip(),
+        "```",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -781,8 +971,7 @@ def write_report(run_dir: str | Path) -> Path:
 
 # -------------------------------------------------------------------------------- compare
 
-COLORS = ["#4C78A8", "#E45756", "#54A24B", "#F58518", "#B279A2", "#72B7B2", "#9D755D",
-          "#FF9DA6"]
+COLORS = ["#4C78A8", "#E45756", "#54A24B", "#F58518", "#B279A2", "#72B7B2", "#9D755D", "#FF9DA6"]
 
 
 def _flat_config(text: str) -> dict[str, Any]:
@@ -792,8 +981,12 @@ def _flat_config(text: str) -> dict[str, Any]:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError:
         return {}
-    return {f"{s}.{k}": v for s, values in raw.items() if isinstance(values, dict)
-            for k, v in values.items()}
+    return {
+        f"{s}.{k}": v
+        for s, values in raw.items()
+        if isinstance(values, dict)
+        for k, v in values.items()
+    }
 
 
 def config_differences(runs_: Sequence[RunFiles]) -> list[list[str]]:
@@ -816,19 +1009,22 @@ def plot_compare_learning(runs_: Sequence[RunFiles], labels: Sequence[str]) -> P
         epochs = _column(r.history, "epoch")
         axes[0].plot(epochs, _column(r.history, "val_loss"), color=color, marker=".", label=label)
         axes[0].plot(epochs, _column(r.history, "loss"), color=color, linestyle=":", alpha=0.7)
-        axes[1].plot(epochs, _column(r.history, "val_accuracy"), color=color, marker=".",
-                     label=label)
-        axes[1].plot(epochs, _column(r.history, "accuracy"), color=color, linestyle=":",
-                     alpha=0.7)
+        axes[1].plot(
+            epochs, _column(r.history, "val_accuracy"), color=color, marker=".", label=label
+        )
+        axes[1].plot(epochs, _column(r.history, "accuracy"), color=color, linestyle=":", alpha=0.7)
     for ax, title in zip(axes, ("Loss", "Accuracy"), strict=True):
         ax.set_title(f"{title} (solid: validation, dotted: train)")
         ax.set_xlabel("epoch")
         _style(ax)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize=8, frameon=False)
-    return Plot("compare_learning", "Learning curves",
-                "Validation (solid) and training (dotted) loss and accuracy per epoch for each "
-                "run.", _png(fig))
+    return Plot(
+        "compare_learning",
+        "Learning curves",
+        "Validation (solid) and training (dotted) loss and accuracy per epoch for each run.",
+        _png(fig),
+    )
 
 
 def plot_compare_roc(runs_: Sequence[RunFiles], labels: Sequence[str]) -> Plot:
@@ -849,9 +1045,12 @@ def plot_compare_roc(runs_: Sequence[RunFiles], labels: Sequence[str]) -> Plot:
     ax.set_title("ROC curves (test; dots: each run's threshold)")
     _style(ax)
     ax.legend(fontsize=8, loc="lower right", frameon=False)
-    return Plot("compare_roc", "ROC curves",
-                "Test ROC curves of each run from its predictions.csv; the dot is the run's own "
-                "threshold.", _png(fig))
+    return Plot(
+        "compare_roc",
+        "ROC curves",
+        "Test ROC curves of each run from its predictions.csv; the dot is the run's own threshold.",
+        _png(fig),
+    )
 
 
 def write_comparison(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
@@ -877,20 +1076,33 @@ def write_comparison(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
     if not out.parent.exists():
         raise RunError(f"cannot write '{out}': folder '{out.parent}' does not exist")
     diff = config_differences(runs_)
-    diff_html = (_html_table(["config key", *labels], diff, set()) if diff
-                 else "<p>The runs have the same config.</p>")
+    diff_html = (
+        _html_table(["config key", *labels], diff, set())
+        if diff
+        else "<p>The runs have the same config.</p>"
+    )
     metric_table = []
     for key, label, _what in METRICS:
-        metric_table.append([f"{label}", *[
-            _num(r.metrics["test"].get(key)) + (f" {_ci(r.metrics['test'], key)}"
-                                                 if _ci(r.metrics["test"], key) else "")
-            for r in runs_]])
+        metric_table.append(
+            [
+                f"{label}",
+                *[
+                    _num(r.metrics["test"].get(key))
+                    + (f" {_ci(r.metrics['test'], key)}" if _ci(r.metrics["test"], key) else "")
+                    for r in runs_
+                ],
+            ]
+        )
     extra = [
-        ["threshold (rule)", *[f"{r.threshold:.4g} ({r.metrics['threshold'].get('rule')})"
-                               for r in runs_]],
+        [
+            "threshold (rule)",
+            *[f"{r.threshold:.4g} ({r.metrics['threshold'].get('rule')})" for r in runs_],
+        ],
         ["status", *[str(r.info.get("status")) for r in runs_]],
-        ["epochs run / best", *[f"{r.info.get('epochs_run')} / {r.info.get('best_epoch')}"
-                                for r in runs_]],
+        [
+            "epochs run / best",
+            *[f"{r.info.get('epochs_run')} / {r.info.get('best_epoch')}" for r in runs_],
+        ],
         ["data", *[str(r.data.get("name")) for r in runs_]],
         ["seed", *[str(r.info.get("seed")) for r in runs_]],
     ]

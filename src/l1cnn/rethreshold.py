@@ -26,8 +26,10 @@ def stored_predictions(run_dir: str | Path) -> dict[str, tuple[np.ndarray, np.nd
         out = {}
         for split in ("val", "test"):
             chosen = [r for r in rows if r["split"] == split]
-            out[split] = (np.array([int(r["label"]) for r in chosen], dtype=np.int64),
-                          np.array([float(r["probability"]) for r in chosen]))
+            out[split] = (
+                np.array([int(r["label"]) for r in chosen], dtype=np.int64),
+                np.array([float(r["probability"]) for r in chosen]),
+            )
     except FileNotFoundError:
         raise RunError(f"run '{run_dir}' has no {runs.PREDICTIONS_FILE}") from None
     except (OSError, KeyError, ValueError) as exc:
@@ -83,8 +85,9 @@ def save_threshold(run_dir: str | Path, rule: str, command: list[str] | None = N
     value = float(choice["value"])
     metrics = dict(run.metrics)
     train_split = dataset.splits["train"]
-    metrics["train"] = compute_metrics(train_split.labels, predict_split(run.model, train_split),
-                                       value)
+    metrics["train"] = compute_metrics(
+        train_split.labels, predict_split(run.model, train_split), value
+    )
     for split in ("val", "test"):
         metrics[split] = compute_metrics(*stored[split], value)
     choice["changed_by"] = " ".join(command) if command else "l1cnn.rethreshold.save_threshold"

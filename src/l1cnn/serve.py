@@ -70,9 +70,13 @@ class BodyLimit:
 
     async def _refuse(self, send: Any) -> None:
         body = json.dumps({"error": f"request body over the limit of {self.max_bytes} bytes"})
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"connection", b"close")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"connection", b"close")],
+            }
+        )
         await send({"type": "http.response.body", "body": body.encode()})
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
@@ -127,16 +131,18 @@ def _pixels_from_json(instances: Any, shape: tuple[int, int, int], max_batch: in
         if arr.ndim == 2 and shape[2] == 1:
             arr = arr[..., None]
         if arr.shape != shape:
-            raise RequestError(400, f"instance {i}: shape {list(arr.shape)} differs from the "
-                                    f"model's {list(shape)}")
+            raise RequestError(
+                400, f"instance {i}: shape {list(arr.shape)} differs from the model's {list(shape)}"
+            )
         if not np.all(np.isfinite(arr)) or arr.min() < 0 or arr.max() > 255:
             raise RequestError(400, f"instance {i}: pixel values must be finite and in 0..255")
         out[i] = arr
     return out
 
 
-def _decode_upload(data: bytes, name: str, shape: tuple[int, int, int],
-                   max_pixels: int) -> np.ndarray:
+def _decode_upload(
+    data: bytes, name: str, shape: tuple[int, int, int], max_pixels: int
+) -> np.ndarray:
     """One uploaded image file, decoded and resized exactly as in training."""
     from PIL import Image, UnidentifiedImageError
 
@@ -148,13 +154,21 @@ def _decode_upload(data: bytes, name: str, shape: tuple[int, int, int],
         try:
             with Image.open(tmp.name) as probe:  # reads the header only
                 width, height = probe.size
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError,
-                Image.DecompressionBombError):
-            raise RequestError(400, f"'{name}': not a readable image (unknown format, or "
-                                    "broken in its header)") from None
+        except (
+            UnidentifiedImageError,
+            OSError,
+            ValueError,
+            SyntaxError,
+            EOFError,
+            Image.DecompressionBombError,
+        ):
+            raise RequestError(
+                400, f"'{name}': not a readable image (unknown format, or broken in its header)"
+            ) from None
         if width * height > max_pixels:
-            raise RequestError(413, f"'{name}': {width}x{height} is over the limit of "
-                                    f"{max_pixels} pixels")
+            raise RequestError(
+                413, f"'{name}': {width}x{height} is over the limit of {max_pixels} pixels"
+            )
         try:
             return load_image(tmp.name, shape[:2], shape[2]).astype(np.float32)
         except DataError:
@@ -186,17 +200,24 @@ class Predictor:
     def answer(self, probs: np.ndarray, ids: list[str]) -> list[dict[str, Any]]:
         """One JSON object per image."""
         return [
-            {"id": i, "probability": float(p), "class": self.names[int(p >= self.threshold)],
-             "threshold": self.threshold}
+            {
+                "id": i,
+                "probability": float(p),
+                "class": self.names[int(p >= self.threshold)],
+                "threshold": self.threshold,
+            }
             for i, p in zip(ids, probs, strict=True)
         ]
 
     def describe(self, limits: ServeLimits) -> dict[str, Any]:
         """What ``GET /v1/model`` returns: classes, threshold, config, metrics summary, limits."""
         metrics = {
-            split: {k: self.run.metrics[split].get(k)
-                    for k in ("n", "accuracy", "precision", "recall", "f1", "roc_auc")}
-            for split in ("val", "test") if split in self.run.metrics
+            split: {
+                k: self.run.metrics[split].get(k)
+                for k in ("n", "accuracy", "precision", "recall", "f1", "roc_auc")
+            }
+            for split in ("val", "test")
+            if split in self.run.metrics
         }
         return {
             "run": self.run.path.name,
@@ -239,9 +260,14 @@ def create_app(run: Run | str | Path, limits: ServeLimits | None = None) -> Any:
 
     @app.get("/", response_class=HTMLResponse)
     async def index() -> HTMLResponse:
-        return HTMLResponse(PAGE, headers={"Content-Security-Policy": "default-src 'self'; "
-                                           "script-src 'unsafe-inline'; style-src "
-                                           "'unsafe-inline'; img-src 'self' blob: data:"})
+        return HTMLResponse(
+            PAGE,
+            headers={
+                "Content-Security-Policy": "default-src 'self'; "
+                "script-src 'unsafe-inline'; style-src "
+                "'unsafe-inline'; img-src 'self' blob: data:"
+            },
+        )
 
     @app.post("/v1/predict")
     async def predict(request: Request) -> JSONResponse:
@@ -265,19 +291,28 @@ def create_app(run: Run | str | Path, limits: ServeLimits | None = None) -> Any:
             if not uploads:
                 raise RequestError(400, "no image file in the upload (use the field 'image')")
             if len(uploads) > limits.max_batch:
-                raise RequestError(413, f"{len(uploads)} files is over the limit of "
-                                        f"{limits.max_batch}")
+                raise RequestError(
+                    413, f"{len(uploads)} files is over the limit of {limits.max_batch}"
+                )
             images = []
             for up in uploads:
                 data = await up.read()
-                images.append(await run_in_threadpool(
-                    _decode_upload, data, up.filename or "upload", predictor.shape,
-                    limits.max_image_pixels))
+                images.append(
+                    await run_in_threadpool(
+                        _decode_upload,
+                        data,
+                        up.filename or "upload",
+                        predictor.shape,
+                        limits.max_image_pixels,
+                    )
+                )
             pixels = np.stack(images)
             ids = [up.filename or f"upload-{i}" for i, up in enumerate(uploads)]
         else:
-            raise RequestError(415, "send application/json {\"instances\": [...]} or a "
-                                    "multipart/form-data image upload")
+            raise RequestError(
+                415,
+                'send application/json {"instances": [...]} or a multipart/form-data image upload',
+            )
         probs = await run_in_threadpool(predictor.predict, pixels)
         result: dict[str, Any] = {"predictions": predictor.answer(probs, ids)}
         if want_saliency:
@@ -309,8 +344,14 @@ def serve(
 
     check_can_listen(host, port)
     app = create_app(run, limits)
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning",
-                            limit_concurrency=64, timeout_graceful_shutdown=5)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        limit_concurrency=64,
+        timeout_graceful_shutdown=5,
+    )
     asyncio.run(uvicorn.Server(config).serve())
 
 
@@ -339,4 +380,3 @@ def check_can_listen(host: str, port: int) -> None:
 def is_loopback(host: str) -> bool:
     """True when ``host`` only accepts connections from this machine."""
     return host in LOOPBACK or host.startswith("127.")
-

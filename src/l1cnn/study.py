@@ -75,12 +75,16 @@ def ablation_grid(base: Config) -> list[GridEntry]:
         for dropout in (True, False):
             for stop in (True, False):
                 parts = [n for n, on in (("l1", l1), ("dropout", dropout), ("es", stop)) if on]
-                grid.append(GridEntry(
-                    "-".join(parts) or "none",
-                    (("l1_lambda", base.model.l1_lambda if l1 else 0.0),
-                     ("dropout_rate", base.model.dropout_rate if dropout else 0.0),
-                     ("early_stopping", stop)),
-                ))
+                grid.append(
+                    GridEntry(
+                        "-".join(parts) or "none",
+                        (
+                            ("l1_lambda", base.model.l1_lambda if l1 else 0.0),
+                            ("dropout_rate", base.model.dropout_rate if dropout else 0.0),
+                            ("early_stopping", stop),
+                        ),
+                    )
+                )
     return grid
 
 
@@ -105,8 +109,10 @@ def preset_grid(preset: str, base: Config) -> list[GridEntry]:
         return [g for p in ("ablation", "l1-sweep", "dropout-sweep") for g in preset_grid(p, base)]
     path = Path(preset)
     if path.suffix.lower() != ".toml":
-        raise ConfigError(f"unknown preset '{preset}' (use one of {', '.join(PRESETS)}, "
-                          "or a .toml file of [[trial]] tables)")
+        raise ConfigError(
+            f"unknown preset '{preset}' (use one of {', '.join(PRESETS)}, "
+            "or a .toml file of [[trial]] tables)"
+        )
     raw = read_toml(path)
     tables = raw.get("trial")
     if not isinstance(tables, list) or not tables or not all(isinstance(t, dict) for t in tables):
@@ -354,19 +360,29 @@ def run_study(
         except (OSError, ValueError):
             before = None
         if before is not None and before != fingerprint:
-            raise RunError(f"study folder '{out}' holds a study of other data than '{source}'; "
-                           "use another --out")
+            raise RunError(
+                f"study folder '{out}' holds a study of other data than '{source}'; "
+                "use another --out"
+            )
     try:
         (out / TRIALS_DIR).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise RunError(f"study folder '{out}' cannot be created: {exc.strerror}") from None
-    runs.write_json(out / STUDY_FILE, {
-        "source": str(source), "fingerprint": fingerprint, "preset": preset, "seeds": n_seeds,
-        "jobs": jobs,
-        "epochs_without_early_stopping": fixed_epochs, "reference": reference,
-        "configurations": list(dict.fromkeys(t.name for t in trials)), "command": command,
-        "versions": runs.library_versions(),
-    })
+    runs.write_json(
+        out / STUDY_FILE,
+        {
+            "source": str(source),
+            "fingerprint": fingerprint,
+            "preset": preset,
+            "seeds": n_seeds,
+            "jobs": jobs,
+            "epochs_without_early_stopping": fixed_epochs,
+            "reference": reference,
+            "configurations": list(dict.fromkeys(t.name for t in trials)),
+            "command": command,
+            "versions": runs.library_versions(),
+        },
+    )
     todo = [t for t in trials if not is_finished(t)]
     result = StudyResult(out, [], reference, planned=len(trials))
     result.skipped = [f"{t.name}/seed-{t.seed}" for t in trials if t not in todo]
@@ -438,11 +454,17 @@ def _train_all(
         if on_progress is not None:
             n_done = len(result.trained)
             per_trial = (time.perf_counter() - started) / n_done
-            on_progress({
-                "done": done_before + n_done, "total": total, "trial": trial.name,
-                "seed": trial.seed, "status": status, "seconds": seconds,
-                "eta_s": per_trial * (len(todo) - n_done),
-            })
+            on_progress(
+                {
+                    "done": done_before + n_done,
+                    "total": total,
+                    "trial": trial.name,
+                    "seed": trial.seed,
+                    "status": status,
+                    "seconds": seconds,
+                    "eta_s": per_trial * (len(todo) - n_done),
+                }
+            )
 
     def cmd(trial: Trial) -> list[str]:
         return [*command, f"# trial {trial.name} seed {trial.seed}"]
@@ -453,8 +475,9 @@ def _train_all(
         return
     threads = max(1, cpu_count() // jobs)
     context = multiprocessing.get_context("spawn")  # a fresh TensorFlow per worker
-    with cf.ProcessPoolExecutor(jobs, mp_context=context, initializer=limit_threads,
-                                initargs=(threads,)) as pool:
+    with cf.ProcessPoolExecutor(
+        jobs, mp_context=context, initializer=limit_threads, initargs=(threads,)
+    ) as pool:
         futures = {
             pool.submit(_run_one, source, trial.config, str(trial.run_dir), cmd(trial)): trial
             for trial in todo
@@ -466,8 +489,10 @@ def _train_all(
                 except L1CNNError:
                     raise
                 except cf.process.BrokenProcessPool:
-                    raise RunError("a study worker process died (out of memory?); rerun the "
-                                   "same command to resume") from None
+                    raise RunError(
+                        "a study worker process died (out of memory?); rerun the "
+                        "same command to resume"
+                    ) from None
                 finished(futures[future], status, seconds)
         except BaseException:
             for future in futures:

@@ -101,11 +101,17 @@ def configuration_stats(rows: list[dict[str, Any]], reference: str) -> list[Conf
                 diff = stats.paired_difference(per_seed(group, col), per_seed(ref_rows, col))
                 differences[col] = diff
                 verdicts[col] = stats.classify(diff, higher_is_better=bool(higher))
-        out.append(ConfigStats(
-            name=name, settings=settings_of(group[0]), seeds=sorted(int(r["seed"]) for r in group),
-            collapsed=sum(_truthy(r.get("collapsed")) for r in group),
-            summaries=summaries, differences=differences, verdicts=verdicts,
-        ))
+        out.append(
+            ConfigStats(
+                name=name,
+                settings=settings_of(group[0]),
+                seeds=sorted(int(r["seed"]) for r in group),
+                collapsed=sum(_truthy(r.get("collapsed")) for r in group),
+                summaries=summaries,
+                differences=differences,
+                verdicts=verdicts,
+            )
+        )
     return out
 
 
@@ -113,17 +119,25 @@ def describe_change(settings: dict[str, Any], reference: dict[str, Any]) -> str:
     """How a configuration differs from the reference, in words (``"without L1"``, ...)."""
     parts = []
     if settings["l1_lambda"] != reference["l1_lambda"]:
-        parts.append("without L1" if settings["l1_lambda"] == 0 and reference["l1_lambda"] > 0
-                     else f"l1_lambda={settings['l1_lambda']:g}")
+        parts.append(
+            "without L1"
+            if settings["l1_lambda"] == 0 and reference["l1_lambda"] > 0
+            else f"l1_lambda={settings['l1_lambda']:g}"
+        )
     if settings["l1_mode"] != reference["l1_mode"]:
         parts.append(f"l1_mode={settings['l1_mode']}")
     if settings["dropout_rate"] != reference["dropout_rate"]:
-        parts.append("without dropout" if settings["dropout_rate"] == 0
-                     and reference["dropout_rate"] > 0
-                     else f"dropout_rate={settings['dropout_rate']:g}")
+        parts.append(
+            "without dropout"
+            if settings["dropout_rate"] == 0 and reference["dropout_rate"] > 0
+            else f"dropout_rate={settings['dropout_rate']:g}"
+        )
     if settings["early_stopping"] != reference["early_stopping"]:
-        parts.append(f"without early stopping ({settings['epochs']} fixed epochs)"
-                     if not settings["early_stopping"] else "with early stopping")
+        parts.append(
+            f"without early stopping ({settings['epochs']} fixed epochs)"
+            if not settings["early_stopping"]
+            else "with early stopping"
+        )
     elif settings["epochs"] != reference["epochs"]:
         parts.append(f"epochs={settings['epochs']}")
     return ", ".join(parts) or "same settings"
@@ -157,13 +171,16 @@ def _fmt_diff(diff: stats.Summary) -> str:
     return f"{diff.mean:+.3f} [{diff.ci_low:+.3f}, {diff.ci_high:+.3f}]"
 
 
-EFFECT = {stats.BETTER: "hurt", stats.WORSE: "helped", stats.NO_DIFFERENCE:
-          "made no difference beyond the seed-to-seed spread", stats.TOO_FEW:
-          "could not be judged (too few seeds)"}
+EFFECT = {
+    stats.BETTER: "hurt",
+    stats.WORSE: "helped",
+    stats.NO_DIFFERENCE: "made no difference beyond the seed-to-seed spread",
+    stats.TOO_FEW: "could not be judged (too few seeds)",
+}
 
 
 def _technique_sentences(table: list[ConfigStats], ref: ConfigStats) -> list[str]:
-    """"Turning X off changed ... so X helped/hurt" for each single-technique removal."""
+    """ "Turning X off changed ... so X helped/hurt" for each single-technique removal."""
     sentences = []
     for c in table:
         if c.name == ref.name or PRIMARY not in c.verdicts:
@@ -173,7 +190,8 @@ def _technique_sentences(table: list[ConfigStats], ref: ConfigStats) -> list[str
             continue
         gap = c.verdicts.get("gap_accuracy", stats.TOO_FEW)
         gap_words = {stats.BETTER: "smaller", stats.WORSE: "larger"}.get(
-            gap, "not clearly different")
+            gap, "not clearly different"
+        )
         sentences.append(
             f"Turning {technique} off ('{c.name}') changed test ROC-AUC by "
             f"{_fmt_diff(c.differences[PRIMARY])}, so {technique} "
@@ -196,7 +214,7 @@ def verdict(rows: list[dict[str, Any]], reference: str) -> str:
     table = configuration_stats(rows, reference)
     ref = next((c for c in table if c.name == reference), None)
     if ref is None:
-        return (f"No verdict: the specified model ('{reference}') has no finished trials yet.")
+        return f"No verdict: the specified model ('{reference}') has no finished trials yet."
     n = ref.summaries[PRIMARY].n
     sentences = [
         f"Against the specified model ('{reference}': test ROC-AUC "
@@ -204,39 +222,56 @@ def verdict(rows: list[dict[str, Any]], reference: str) -> str:
         "a difference counts only when its paired 95% interval excludes zero."
     ]
     if n < 2:
-        sentences.append("With fewer than 2 seeds no interval exists, so nothing can be "
-                         "concluded yet; rerun with --seeds 2 or more.")
+        sentences.append(
+            "With fewer than 2 seeds no interval exists, so nothing can be "
+            "concluded yet; rerun with --seeds 2 or more."
+        )
     sentences += _technique_sentences(table, ref)
     better, worse = [], []
     for c in table:
         v = c.verdicts.get(PRIMARY)
         if v == stats.BETTER:
-            better.append(f"'{c.name}' ({describe_change(c.settings, ref.settings)}, "
-                          f"{_fmt_diff(c.differences[PRIMARY])})")
+            better.append(
+                f"'{c.name}' ({describe_change(c.settings, ref.settings)}, "
+                f"{_fmt_diff(c.differences[PRIMARY])})"
+            )
         elif v == stats.WORSE:
             worse.append(f"'{c.name}' ({_fmt_diff(c.differences[PRIMARY])})")
     if better:
-        sentences.append("Clearly better test ROC-AUC than the specified model: "
-                         + "; ".join(better) + ".")
+        sentences.append(
+            "Clearly better test ROC-AUC than the specified model: " + "; ".join(better) + "."
+        )
     if worse:
         sentences.append("Clearly worse: " + "; ".join(worse) + ".")
     if n >= 2 and not better and not worse:
-        sentences.append("No configuration differed from the specified model beyond the "
-                         "seed-to-seed spread on test ROC-AUC.")
+        sentences.append(
+            "No configuration differed from the specified model beyond the "
+            "seed-to-seed spread on test ROC-AUC."
+        )
     collapsed = [f"'{c.name}' ({c.collapsed} of {len(c.seeds)})" for c in table if c.collapsed]
     if collapsed:
-        sentences.append("Trials that learned nothing (constant or chance-level predictions): "
-                         + ", ".join(collapsed) + ".")
+        sentences.append(
+            "Trials that learned nothing (constant or chance-level predictions): "
+            + ", ".join(collapsed)
+            + "."
+        )
     series = [c for c in l1_series(table, reference) if c.summaries[PRIMARY].n > 0]
     if len(series) >= 3:
         best = max(series, key=lambda c: c.summaries[PRIMARY].mean)
         sentences.append(
             f"Of the l1_lambda values run with everything else as specified, "
             f"l1_lambda={best.settings['l1_lambda']:g} ('{best.name}') gave the highest mean "
-            f"test ROC-AUC ({_fmt_summary(best.summaries[PRIMARY])}).")
+            f"test ROC-AUC ({_fmt_summary(best.summaries[PRIMARY])})."
+        )
     if ref.seeds and ref.collapsed == len(ref.seeds):
-        alt = next((c for c in table if c.collapsed == 0
-                    and _removed_technique(c.settings, ref.settings) == "L1"), None)
+        alt = next(
+            (
+                c
+                for c in table
+                if c.collapsed == 0 and _removed_technique(c.settings, ref.settings) == "L1"
+            ),
+            None,
+        )
         if alt is not None:
             alt_table = configuration_stats(rows, alt.name)
             alt_ref = next(c for c in alt_table if c.name == alt.name)
@@ -244,9 +279,11 @@ def verdict(rows: list[dict[str, Any]], reference: str) -> str:
                 "The specified model collapsed on every seed, so comparisons against it only "
                 "show which configurations escape the collapse. Judged instead against "
                 f"'{alt.name}' (the specified model without L1, test ROC-AUC "
-                f"{alt.summaries[PRIMARY].mean:.3f}):")
+                f"{alt.summaries[PRIMARY].mean:.3f}):"
+            )
             sentences += _technique_sentences(alt_table, alt_ref) or [
-                "no configuration differs from it by one technique alone."]
+                "no configuration differs from it by one technique alone."
+            ]
     return " ".join(sentences)
 
 
@@ -255,8 +292,9 @@ def _fmt_summary(s: stats.Summary, digits: int = 3) -> str:
         return "-"
     if s.n < 2:
         return f"{s.mean:.{digits}f}"
-    return (f"{s.mean:.{digits}f} ± {s.sd:.{digits}f} "
-            f"[{s.ci_low:.{digits}f}, {s.ci_high:.{digits}f}]")
+    return (
+        f"{s.mean:.{digits}f} ± {s.sd:.{digits}f} [{s.ci_low:.{digits}f}, {s.ci_high:.{digits}f}]"
+    )
 
 
 SPARSITY_COLUMNS = ("exact_zero_all", "near_zero_all", "epochs_run")
@@ -275,16 +313,33 @@ def summary_tables(table: list[ConfigStats], reference: str) -> tuple[list[list[
             change = "specified model"
         else:
             change = describe_change(c.settings, ref.settings) if ref else ""
-        rows.append([c.name, change, str(len(c.seeds)),
-                     *[_fmt_summary(c.summaries[col]) for col in main_cols]])
-        srows.append([c.name, *[_fmt_summary(c.summaries[col], 1 if col == "epochs_run" else 3)
-                                for col in SPARSITY_COLUMNS]])
+        rows.append(
+            [
+                c.name,
+                change,
+                str(len(c.seeds)),
+                *[_fmt_summary(c.summaries[col]) for col in main_cols],
+            ]
+        )
+        srows.append(
+            [
+                c.name,
+                *[
+                    _fmt_summary(c.summaries[col], 1 if col == "epochs_run" else 3)
+                    for col in SPARSITY_COLUMNS
+                ],
+            ]
+        )
     drows = [["configuration", *[x for col in PAIRED for x in (f"Δ {labels[col]}", "verdict")]]]
     for c in table:
         if c.name == reference or not c.differences:
             continue
-        drows.append([c.name, *[x for col in PAIRED
-                                for x in (_fmt_diff(c.differences[col]), c.verdicts[col])]])
+        drows.append(
+            [
+                c.name,
+                *[x for col in PAIRED for x in (_fmt_diff(c.differences[col]), c.verdicts[col])],
+            ]
+        )
     return rows, srows, drows
 
 
@@ -294,8 +349,13 @@ def _markdown_table(rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def summary_markdown(table: list[ConfigStats], reference: str, meta: dict[str, Any],
-                     plots: list[str], verdict_text: str) -> str:
+def summary_markdown(
+    table: list[ConfigStats],
+    reference: str,
+    meta: dict[str, Any],
+    plots: list[str],
+    verdict_text: str,
+) -> str:
     """``summary.md``: what was run, the tables, the verdict and the plots."""
     rows, srows, drows = summary_tables(table, reference)
     parts = [
@@ -338,8 +398,13 @@ def _html_table(rows: list[list[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def study_html(table: list[ConfigStats], reference: str, meta: dict[str, Any],
-               plots: list[str], verdict_text: str) -> str:
+def study_html(
+    table: list[ConfigStats],
+    reference: str,
+    meta: dict[str, Any],
+    plots: list[str],
+    verdict_text: str,
+) -> str:
     """``study.html``: the same content as ``summary.md``, as one self-contained page."""
     rows, srows, drows = summary_tables(table, reference)
     imgs = "".join(f'<p><img src="{html.escape(p)}" alt="{html.escape(p)}"></p>' for p in plots)
@@ -352,11 +417,14 @@ def study_html(table: list[ConfigStats], reference: str, meta: dict[str, Any],
         f"<code>{html.escape(str(meta.get('preset')))}</code>; seeds "
         f"{html.escape(', '.join(map(str, meta.get('seed_list', []))))}; finished trials "
         f"{meta.get('finished')} of {meta.get('planned')}.</p>"
-        "<h2>Per configuration (mean ± sd [95% CI])</h2>" + _html_table(rows)
-        + "<h3>Sparsity and epochs</h3>" + _html_table(srows)
+        "<h2>Per configuration (mean ± sd [95% CI])</h2>"
+        + _html_table(rows)
+        + "<h3>Sparsity and epochs</h3>"
+        + _html_table(srows)
         + f"<h2>Paired differences against <code>{html.escape(reference)}</code></h2>"
         + (_html_table(drows) if len(drows) > 1 else "<p>(none yet)</p>")
-        + f"<h2>Verdict</h2><p>{html.escape(verdict_text)}</p>" + imgs
+        + f"<h2>Verdict</h2><p>{html.escape(verdict_text)}</p>"
+        + imgs
         + "</body></html>\n"
     )
 
@@ -371,8 +439,7 @@ def _save(fig: Any, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def _errorbars(ax: Any, table: list[ConfigStats], column: str, title: str,
-               reference: str) -> None:
+def _errorbars(ax: Any, table: list[ConfigStats], column: str, title: str, reference: str) -> None:
     names = [c.name for c in table]
     means = [c.summaries[column].mean for c in table]
     half = [c.summaries[column].half_width if c.summaries[column].n > 1 else 0.0 for c in table]
@@ -432,14 +499,24 @@ def plot_l1(table: list[ConfigStats], reference: str, path: Path) -> bool:
     xs = [v if v > 0 else zero_at for v in lambdas]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     auc = [c.summaries["test_roc_auc"] for c in series]
-    axes[0].errorbar(xs, [s.mean for s in auc],
-                     yerr=[s.half_width if s.n > 1 else 0.0 for s in auc], marker="o", capsize=3)
+    axes[0].errorbar(
+        xs,
+        [s.mean for s in auc],
+        yerr=[s.half_width if s.n > 1 else 0.0 for s in auc],
+        marker="o",
+        capsize=3,
+    )
     axes[0].set_ylabel("test ROC-AUC (mean, 95% CI)")
     for col, label in (("exact_zero_all", "exact zeros"), ("near_zero_all", "|w| < 1e-3")):
         s = [c.summaries[col] for c in series]
-        axes[1].errorbar(xs, [x.mean for x in s], yerr=[x.half_width if x.n > 1 else 0.0
-                                                        for x in s],
-                         marker="o", capsize=3, label=label)
+        axes[1].errorbar(
+            xs,
+            [x.mean for x in s],
+            yerr=[x.half_width if x.n > 1 else 0.0 for x in s],
+            marker="o",
+            capsize=3,
+            label=label,
+        )
     axes[1].set_ylabel("fraction of kernel weights")
     axes[1].legend(fontsize=8)
     for ax in axes:
@@ -471,8 +548,9 @@ def plot_curves(curves: dict[str, list[dict[str, Any]]], path: Path) -> bool:
     for i, (name, history) in enumerate(curves.items()):
         epochs = [int(float(h["epoch"])) for h in history]
         for ax, col in zip(axes, ("data_loss", "val_data_loss"), strict=True):
-            ax.plot(epochs, [float(h[col]) for h in history], color=cmap(i % 20), label=name,
-                    lw=1.2)
+            ax.plot(
+                epochs, [float(h[col]) for h in history], color=cmap(i % 20), label=name, lw=1.2
+            )
     axes[0].set_title("training data loss (first seed)", fontsize=10)
     axes[1].set_title("validation data loss (first seed)", fontsize=10)
     for ax in axes:

@@ -24,8 +24,15 @@ from l1cnn.predict import predict_split
 from l1cnn.report import write_report
 
 HISTORY_FIELDS = [
-    "epoch", "loss", "data_loss", "l1_penalty", "accuracy",
-    "val_loss", "val_data_loss", "val_accuracy", "seconds",
+    "epoch",
+    "loss",
+    "data_loss",
+    "l1_penalty",
+    "accuracy",
+    "val_loss",
+    "val_data_loss",
+    "val_accuracy",
+    "seconds",
 ]
 PREDICT_BATCH = 512
 
@@ -55,7 +62,7 @@ def resolve_config(config: Config, dataset: Dataset) -> Config:
 
 
 def compile_model(model: keras.Model, config: Config) -> keras.Model:
-    """Compile with the specified loss and optimizer (used by our loop and by ``model.fit`` users)."""
+    """Compile with the specified loss and optimizer (for our loop and ``model.fit`` users)."""
     model.compile(
         optimizer=keras.optimizers.RMSprop(learning_rate=config.train.learning_rate),
         loss=keras.losses.BinaryCrossentropy(),
@@ -92,8 +99,12 @@ def score_dataset(
 def prediction_rows(dataset: Dataset, probs: dict[str, np.ndarray]) -> list[dict[str, Any]]:
     """Rows of ``predictions.csv``: validation and test probabilities with labels."""
     return [
-        {"split": name, "id": split.ids[i], "label": int(split.labels[i]),
-         "probability": f"{probs[name][i]:.8f}"}
+        {
+            "split": name,
+            "id": split.ids[i],
+            "label": int(split.labels[i]),
+            "probability": f"{probs[name][i]:.8f}",
+        }
         for name in ("val", "test")
         for split in [dataset.splits[name]]
         for i in range(len(split))
@@ -133,8 +144,7 @@ def resume(
     if info.get("status") in runs.FINAL_STATUSES:
         return None
     config = runs.read_run_config(run_dir)
-    return train(info["source"], config, out=run_dir, verbose=verbose, command=command,
-                 resume=True)
+    return train(info["source"], config, out=run_dir, verbose=verbose, command=command, resume=True)
 
 
 def _read_record(run_dir: Path, name: str) -> dict[str, Any]:
@@ -157,8 +167,11 @@ def _resumed_info(
     runs.remove_orphan_temp_files(run_dir)  # a kill mid-write leaves one; we hold the lock
     state = backup.load(run_dir)
     old = _read_record(run_dir, runs.RUN_FILE)
-    resumed = {"at": info["started"], "command": info["command"],
-               "from_epoch": state.epoch if state else 0}
+    resumed = {
+        "at": info["started"],
+        "command": info["command"],
+        "from_epoch": state.epoch if state else 0,
+    }
     old["resumed"] = [*old.get("resumed", []), resumed]
     old.update(status="running", message="", versions=info["versions"])
     return old, state
@@ -227,8 +240,13 @@ def _train(
     # Issue 6: a fresh shuffle per epoch, seeded by (seed, epoch), so that a resumed run sees the
     # same batches in epoch k as an uninterrupted one.
     def train_ds(epoch: int) -> Any:
-        return make_tf_dataset(dataset.splits["train"], config.train.batch_size, shuffle=True,
-                               seed=epoch_shuffle_seed(config.train.seed, epoch), weights=weights)
+        return make_tf_dataset(
+            dataset.splits["train"],
+            config.train.batch_size,
+            shuffle=True,
+            seed=epoch_shuffle_seed(config.train.seed, epoch),
+            weights=weights,
+        )
 
     val_ds = make_tf_dataset(dataset.splits["val"], PREDICT_BATCH)
 
@@ -256,8 +274,9 @@ def _train(
     except OSError as exc:
         raise RunError(f"cannot write to run folder '{run_dir}': {exc.strerror}") from None
 
-    settings = StepSettings(config.model.l1_lambda, config.model.l1_mode,
-                            config.train.learning_rate)
+    settings = StepSettings(
+        config.model.l1_lambda, config.model.l1_mode, config.train.learning_rate
+    )
     # Issue 6: restore the backup (weights, optimizer, dropout RNG, early stopping) and write a
     # new one after every epoch.
     stopper = make_early_stopping(config)
@@ -277,15 +296,25 @@ def _train(
             ) from None
 
     result = fit(
-        model, model.optimizer, train_ds, val_ds, dataset.splits["val"].labels, settings,
-        epochs=config.train.epochs, early_stopping=stopper, verbose=verbose,
-        on_epoch_end=save_backup, done=state.history if state is not None else None,
+        model,
+        model.optimizer,
+        train_ds,
+        val_ds,
+        dataset.splits["val"].labels,
+        settings,
+        epochs=config.train.epochs,
+        early_stopping=stopper,
+        verbose=verbose,
+        on_epoch_end=save_backup,
+        done=state.history if state is not None else None,
     )
     if result.status == "diverged" and not result.history:
         info.update(status="diverged", message=result.message)
         runs.write_json(run_dir / runs.RUN_FILE, info)
-        raise TrainingError(f"{result.message}; no epoch finished, so no model was saved "
-                            f"(lower learning_rate, now {config.train.learning_rate:g})")
+        raise TrainingError(
+            f"{result.message}; no epoch finished, so no model was saved "
+            f"(lower learning_rate, now {config.train.learning_rate:g})"
+        )
 
     metrics, probs = score_dataset(model, dataset, config.train.threshold)
     last = result.history[-1] if result.history else {}
@@ -306,8 +335,11 @@ def _train(
     try:
         info["model_sha256"] = runs.save_model_atomic(model, run_dir / runs.MODEL_FILE)
         runs.write_csv(run_dir / runs.HISTORY_FILE, result.history, HISTORY_FIELDS)
-        runs.write_csv(run_dir / runs.PREDICTIONS_FILE, prediction_rows(dataset, probs),
-                       ["split", "id", "label", "probability"])
+        runs.write_csv(
+            run_dir / runs.PREDICTIONS_FILE,
+            prediction_rows(dataset, probs),
+            ["split", "id", "label", "probability"],
+        )
         runs.write_json(run_dir / runs.METRICS_FILE, metrics)
         runs.write_json(run_dir / runs.RUN_FILE, info)
         if result.status in runs.FINAL_STATUSES:  # issue 6: finished, the backup has done its job
@@ -315,8 +347,9 @@ def _train(
     except OSError as exc:
         raise RunError(f"cannot write to run folder '{run_dir}': {exc.strerror}") from None
     # Issue 3: model-dependent arrays (explain.npz), then plots and report.html / report.md.
-    write_explanation(run_dir, model, dataset.splits["test"], probs["test"],
-                      metrics["threshold"]["value"])
+    write_explanation(
+        run_dir, model, dataset.splits["test"], probs["test"], metrics["threshold"]["value"]
+    )
     write_report(run_dir)
     if result.status == "diverged":
         raise TrainingError(
@@ -324,7 +357,13 @@ def _train(
             f"{result.best_epoch} (lower learning_rate, now {config.train.learning_rate:g})"
         )
     return TrainResult(
-        run_dir=run_dir, config=config, metrics=metrics, history=result.history,
-        status=result.status, best_epoch=result.best_epoch, epochs_run=result.epochs_run,
-        data=summary, wall_time_s=wall,
+        run_dir=run_dir,
+        config=config,
+        metrics=metrics,
+        history=result.history,
+        status=result.status,
+        best_epoch=result.best_epoch,
+        epochs_run=result.epochs_run,
+        data=summary,
+        wall_time_s=wall,
     )
