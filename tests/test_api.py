@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import inspect
 
-import l1cnn
-
 
 def test_public_names_are_the_functions_not_their_modules() -> None:
-    import l1cnn.predict  # noqa: F401  (importing submodules must not shadow the functions)
+    import l1cnn.predict  # importing submodules must not shadow the functions
     import l1cnn.train  # noqa: F401
     from l1cnn import Config, build_model, load_run, predict, train
 
