@@ -147,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
     p = sub.add_parser("predict", help="predict image files, folders or .npz arrays")
-    p.add_argument("run", metavar="RUN", help="run folder")
+    p.add_argument("run", metavar="RUN", help="run folder, or a folder written by l1cnn export")
     p.add_argument(
         "inputs",
         metavar="IMAGE_OR_FOLDER",
