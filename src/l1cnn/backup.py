@@ -1,4 +1,4 @@
-"""The resumable per-epoch backup of a training run (issue 6): one ``backup.npz`` in the run folder.
+"""The resumable per-epoch backup of a training run: one ``backup.npz`` in the run folder.
 
 After every finished epoch the trainer saves everything the next epoch depends on: the weights,
 the optimizer's variables, the dropout layers' random-generator states, the history so far and

@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="?",
         help="'digits', a .npz file, or a folder of class folders",
     )
-    # Issue 6: resume a killed or interrupted run.
+    # Resume a killed or interrupted run.
     p.add_argument(
         "--resume",
         metavar="RUN",
@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--skip-bad-images",
-        action="store_true",  # issue 6
+        action="store_true",
         help="with --data: skip unreadable images with a warning instead of failing",
     )
     p.add_argument(
@@ -164,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--threshold", type=float, metavar="P", help="decision threshold (default: the run's)"
     )
 
-    # issue 7: export, prune, serve
+    # Export, prune, serve
     p = sub.add_parser("export", help="export a run (SavedModel, ONNX, LiteRT) and check parity")
     p.add_argument("run", metavar="RUN", help="run folder")
     p.add_argument(
@@ -235,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="most images per request (default 64; more: 413)",
     )
 
-    # issue 4: study
+    # Study
     p = sub.add_parser(
         "study",
         help="train a grid of configurations over seeds and compare them",
@@ -293,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a config key for every trial (repeatable)",
     )
 
-    # issue 3: report, compare
+    # Report, compare
     p = sub.add_parser("report", help="(re)write a run's plots, report.html and report.md")
     p.add_argument("run", metavar="RUN", help="run folder")
     p.add_argument(
@@ -329,7 +329,7 @@ def _counts_line(counts: dict[str, dict[str, int]]) -> str:
 
 
 def _warn_skipped(skipped: list[str]) -> None:
-    """One warning line with the count of bad images skipped (issue 6)."""
+    """One warning line with the count of bad images skipped."""
     if skipped:
         print(
             f"warning: skipped {len(skipped)} bad image(s): {'; '.join(skipped[:3])}"
@@ -339,7 +339,7 @@ def _warn_skipped(skipped: list[str]) -> None:
 
 
 def _resume(args: argparse.Namespace) -> Any:
-    """``train --resume RUN`` (issue 6): the TrainResult, or None when RUN had finished."""
+    """``train --resume RUN``: the TrainResult, or None when RUN had finished."""
     from l1cnn.train import resume
 
     extra = [_flag(k.split("__")[2]) for k in vars(args) if k.startswith("cfg__")]
@@ -431,7 +431,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     choice = None
     if args.save and args.threshold is None:
         raise ConfigError("--save needs --threshold RULE (the threshold to make the run's own)")
-    if args.threshold is not None:  # issue 3: a rule, re-chosen on the run's validation split
+    if args.threshold is not None:  # A rule, re-chosen on the run's validation split
         command = ["l1cnn", "evaluate", args.run, "--threshold", args.threshold, "--save"]
         choice = (
             save_threshold(args.run, args.threshold, command)["threshold"]
@@ -487,7 +487,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             raise RunError(f"output '{out}' cannot be written (folder missing or read-only)")
     from l1cnn.export import is_export_folder, predict_export
 
-    if is_export_folder(args.run):  # issue 7: an export folder predicts like its run
+    if is_export_folder(args.run):  # An export folder predicts like its run
         predict = predict_export  # noqa: F811
     result = predict(
         args.run, args.inputs, skip_bad_images=args.skip_bad_images, threshold=args.threshold

@@ -21,7 +21,7 @@ from l1cnn.errors import ConfigError
 
 CLASS_WEIGHT_CHOICES = ("none", "balanced")
 L1_MODES = ("penalty", "proximal")
-# Threshold rules (issue 3): a number, or chosen on validation by l1cnn.evaluate.choose_threshold.
+# Threshold rules: a number, or chosen on validation by l1cnn.evaluate.choose_threshold.
 THRESHOLD_RULES = ("f1", "youden", "recall=X", "precision=X")
 
 
@@ -245,7 +245,7 @@ def _check_ranges(config: Config) -> None:
         t.class_weight,
     )
     need(t.seed >= 0, "train.seed", "must be >= 0", t.seed)
-    parse_threshold_rule(t.threshold)  # raises ConfigError for a malformed rule (issue 3)
+    parse_threshold_rule(t.threshold)  # raises ConfigError for a malformed rule
 
 
 def config_from_dict(raw: dict[str, Any], base: Config | None = None) -> Config:

@@ -300,7 +300,7 @@ def _check_labels(labels: np.ndarray, where: str, need_both: bool) -> np.ndarray
     if (
         labels.size
         and labels.dtype != bool
-        and not (  # issue 6: nor complex labels
+        and not (  # Nor complex labels
             np.issubdtype(labels.dtype, np.integer) or np.issubdtype(labels.dtype, np.floating)
         )
     ):
@@ -408,7 +408,7 @@ def _load_folder(root: Path, config: DataConfig, seed: int, make_missing: bool =
 
 
 def _as_nhwc(images: np.ndarray, where: str) -> np.ndarray:
-    if images.dtype == object or not (  # issue 6: complex numbers are not pixels either
+    if images.dtype == object or not (  # Complex numbers are not pixels either
         np.issubdtype(images.dtype, np.integer)
         or np.issubdtype(images.dtype, np.floating)
         or images.dtype == bool
@@ -464,12 +464,12 @@ def _convert_arrays(images: np.ndarray, side: int | None, channels: int) -> np.n
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
     try:
         loaded = np.load(path, allow_pickle=False)
-        # Issue 6: a plain .npy file named .npz loads as one array, not as named arrays.
+        # A plain .npy file named .npz loads as one array, not as named arrays.
         if not isinstance(loaded, np.lib.npyio.NpzFile):
             raise ValueError("it holds a single .npy array, not named arrays (use np.savez)")
         with loaded as npz:
             return {key: npz[key] for key in npz.files}
-    # Issue 6: zlib.error (corrupt compressed member), MemoryError (absurd declared shape) and
+    # zlib.error (corrupt compressed member), MemoryError (absurd declared shape) and
     # NotImplementedError (unsupported zip compression) came out of hostile files too.
     except (
         ValueError,

@@ -161,7 +161,7 @@ def fit(
     Ctrl-C ends training cleanly (status "interrupted"); a non-finite loss ends it with status
     "diverged". In both cases, and after early stopping, the best weights are restored.
 
-    Issue 6 (resume): ``train_ds`` may be a function ``epoch -> dataset``, so that each epoch's
+    For resume, ``train_ds`` may be a function ``epoch -> dataset``, so that each epoch's
     shuffle order depends on the epoch number alone, not on how many epochs this process ran;
     ``done`` is the history of epochs already finished: training goes on at epoch
     ``len(done) + 1`` (the model, optimizer and ``early_stopping`` must hold that state).

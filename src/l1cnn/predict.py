@@ -106,7 +106,7 @@ def predict_with(
 ) -> PredictResult:
     """``predict`` with any forward function (pixels float32 -> probabilities (N,)).
 
-    Split out of ``predict`` (issue 7) so an exported model (``l1cnn.export``) predicts image
+    Split out of ``predict`` so an exported model (``l1cnn.export``) predicts image
     files with exactly the same preprocessing as a run.
 
     Args:
@@ -166,7 +166,7 @@ def load_other_data(
     """
     data_config = replace(
         run.config.data, val_fraction=0.15, test_fraction=0.15, skip_bad_images=skip_bad_images
-    )  # issue 6: evaluate can skip too
+    )  # Evaluate can skip too
     dataset = load_data(source, data_config, run.config.train.seed, make_missing_splits=False)
     if dataset.kind == "folder" and sorted(dataset.class_names) != sorted(run.class_names):
         raise DataError(
@@ -198,7 +198,7 @@ def evaluate_run(
     """Metrics of a saved run on its own test split (default) or on the images of ``data``.
 
     With ``data`` and ``skip_bad_images``, unreadable images are skipped and listed under
-    ``skipped_images`` (issue 6).
+    ``skipped_images``.
     """
     run = _as_run(run)
     skipped: list[str] = []

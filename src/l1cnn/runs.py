@@ -32,7 +32,7 @@ SPLIT_FILE = "split.json"
 HISTORY_FILE = "history.csv"
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.csv"
-# Issue 6: the resumable per-epoch backup and the lock of a live trainer (docs/run-folder.md).
+# The resumable per-epoch backup and the lock of a live trainer (docs/run-folder.md).
 BACKUP_FILE = "backup.npz"
 LOCK_FILE = "train.lock"
 # A run with one of these statuses is finished: `l1cnn train --resume` leaves it alone.
@@ -106,7 +106,7 @@ def save_model_atomic(model: Any, path: str | Path) -> str:
     """Save a Keras model to ``path`` (.keras) through a temporary file and a rename.
 
     Returns:
-        The sha256 of the saved file (issue 6: recorded in run.json, checked by ``load_run``).
+        The sha256 of the saved file (recorded in run.json, checked by ``load_run``).
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".keras")
@@ -135,7 +135,7 @@ def remove_orphan_temp_files(run_dir: str | Path) -> list[str]:
 
 
 class RunLock:
-    """An exclusive lock on a run folder while one process trains into it (issue 6).
+    """An exclusive lock on a run folder while one process trains into it.
 
     ``train.lock`` holds the owner's PID; the lock itself is an ``fcntl.flock`` on that file, which
     the kernel drops when the owner dies, so a lock left by a killed trainer is stale and taken
@@ -229,7 +229,7 @@ def create_run_dir(path: str | Path, overwrite: bool) -> Path:
     path = prepare_run_dir(path, overwrite)
     try:
         if path.exists() and overwrite and (path / RUN_FILE).exists():
-            with RunLock(path):  # issue 6: never delete a run another process is training
+            with RunLock(path):  # Never delete a run another process is training
                 pass
             shutil.rmtree(path)
         path.mkdir(parents=True, exist_ok=True)
@@ -339,7 +339,7 @@ def load_model_file(path: str | Path) -> Any:
 def check_model_sha256(path: Path, info: dict[str, Any]) -> None:
     """Refuse a ``model.keras`` whose sha256 differs from the one recorded in ``run.json``.
 
-    Detects a swapped or corrupted model file before Keras reads it (issue 6). Runs written
+    Detects a swapped or corrupted model file before Keras reads it. Runs written
     before the hash was recorded have no ``model_sha256`` and are not checked.
     """
     expected = info.get("model_sha256")
@@ -360,7 +360,7 @@ def load_run(path: str | Path) -> Run:
         info = read_json(path / RUN_FILE)
         data = read_json(path / DATA_FILE)
         metrics = read_json(path / METRICS_FILE)
-    except (OSError, ValueError) as exc:  # ValueError: bad JSON or not UTF-8 at all (issue 6)
+    except (OSError, ValueError) as exc:  # ValueError: bad JSON or not UTF-8 at all
         raise RunError(f"run '{path}' has an unreadable record: {exc}") from None
     config = read_run_config(path)
     check_model_sha256(path, info)

@@ -87,7 +87,7 @@ def score_dataset(
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Metrics of every split at a threshold chosen on validation; also the probabilities."""
     probs = {name: predict_split(model, split) for name, split in dataset.splits.items()}
-    # The rule, value and a note when the rule could not be met as asked (issue 3).
+    # The rule, value and a note when the rule could not be met as asked.
     choice = threshold_choice(threshold_rule, dataset.splits["val"].labels, probs["val"])
     threshold = choice["value"]
     metrics: dict[str, Any] = {"threshold": choice}
@@ -114,7 +114,7 @@ def prediction_rows(dataset: Dataset, probs: dict[str, np.ndarray]) -> list[dict
 def epoch_shuffle_seed(seed: int, epoch: int) -> int:
     """The training data's shuffle seed in ``epoch``: a function of (seed, epoch) alone.
 
-    Issue 6: so a resumed run sees the same batches in epoch k as an uninterrupted one.
+    So a resumed run sees the same batches in epoch k as an uninterrupted one.
     """
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
 
@@ -207,7 +207,7 @@ def train(
             last finished epoch stay intact) or another process trains into it.
         TrainingError: the loss diverged (the run folder keeps the last good weights).
     """
-    # Issue 6: the run folder is locked while training; the ExitStack releases the lock however
+    # The run folder is locked while training; the ExitStack releases the lock however
     # training ends. Add any new parameter to both train and _train.
     with contextlib.ExitStack() as cleanup:
         return _train(source, config, out, overwrite, verbose, command, resume, cleanup)
@@ -237,7 +237,7 @@ def _train(
     model = compile_model(build_model(config.model, dataset.image_shape), config)
     weights = class_weights(dataset.splits["train"].labels, config.train.class_weight)
 
-    # Issue 6: a fresh shuffle per epoch, seeded by (seed, epoch), so that a resumed run sees the
+    # A fresh shuffle per epoch, seeded by (seed, epoch), so that a resumed run sees the
     # same batches in epoch k as an uninterrupted one.
     def train_ds(epoch: int) -> Any:
         return make_tf_dataset(
@@ -251,7 +251,7 @@ def _train(
     val_ds = make_tf_dataset(dataset.splits["val"], PREDICT_BATCH)
 
     summary = dataset.summary()
-    # Issue 6: a resumed run keeps its folder; the lock is held until training ends.
+    # A resumed run keeps its folder; the lock is held until training ends.
     run_dir = run_dir if resume else runs.create_run_dir(run_dir, overwrite)
     cleanup.enter_context(runs.RunLock(run_dir))
     info: dict[str, Any] = {
@@ -277,7 +277,7 @@ def _train(
     settings = StepSettings(
         config.model.l1_lambda, config.model.l1_mode, config.train.learning_rate
     )
-    # Issue 6: restore the backup (weights, optimizer, dropout RNG, early stopping) and write a
+    # Restore the backup (weights, optimizer, dropout RNG, early stopping) and write a
     # new one after every epoch.
     stopper = make_early_stopping(config)
     if state is not None:
@@ -342,11 +342,11 @@ def _train(
         )
         runs.write_json(run_dir / runs.METRICS_FILE, metrics)
         runs.write_json(run_dir / runs.RUN_FILE, info)
-        if result.status in runs.FINAL_STATUSES:  # issue 6: finished, the backup has done its job
+        if result.status in runs.FINAL_STATUSES:  # Finished, the backup has done its job
             (run_dir / runs.BACKUP_FILE).unlink(missing_ok=True)
     except OSError as exc:
         raise RunError(f"cannot write to run folder '{run_dir}': {exc.strerror}") from None
-    # Issue 3: model-dependent arrays (explain.npz), then plots and report.html / report.md.
+    # Model-dependent arrays (explain.npz), then plots and report.html / report.md.
     write_explanation(
         run_dir, model, dataset.splits["test"], probs["test"], metrics["threshold"]["value"]
     )
