@@ -209,11 +209,12 @@ def test_ctrl_c_leaves_a_usable_run(xy_npz: Path, tmp_path: Path) -> None:
     ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 120
-    while not (out / "run.json").exists() and time.time() < deadline:
+    # wait until an epoch has finished (its backup exists), so the signal lands in training
+    while not (out / "backup.npz").exists() and time.time() < deadline:
         time.sleep(0.2)
-    time.sleep(4)  # let a few epochs finish
+    time.sleep(1)
     proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=120)
+    stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr.decode()
     assert b"interrupted after" in stdout
     info = json.loads((out / "run.json").read_text())
