@@ -74,6 +74,7 @@ class DataConfig:
     val_fraction: float = 0.15  # used only when the source has no validation split
     test_fraction: float = 0.15  # used only when the source has no test split
     skip_bad_images: bool = False  # skip unreadable images (with a count) instead of failing
+    cache: str | None = None  # folder for decoded class-folder pixels (None: decode every epoch)
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,7 @@ KEY_HELP = {
     "val_fraction": "validation share when the data has no validation split",
     "test_fraction": "test share when the data has no test split",
     "skip_bad_images": "skip unreadable images (with a count) instead of failing",
+    "cache": "folder to keep decoded class-folder pixels in, so epochs and reruns skip decoding",
     "conv_filters": "filters of each Conv2D layer",
     "kernel_size": "Conv2D kernel size",
     "pool_size": "MaxPooling2D size",

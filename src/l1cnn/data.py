@@ -8,13 +8,12 @@ run's split can be recorded and checked later.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
-import warnings
 import zipfile
 import zlib
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,29 +22,62 @@ import numpy as np
 
 from l1cnn.config import DataConfig
 from l1cnn.errors import DataError
+from l1cnn.images import (  # noqa: F401  (load_image, load_images, MAX_IMAGE_PIXELS: public here)
+    MAX_IMAGE_PIXELS,
+    FileImages,
+    image_is_gray,
+    load_image,
+    load_images,
+    scan_images,
+)
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif"})
 SPLIT_NAMES = ("train", "val", "test")
 DEFAULT_FOLDER_IMAGE_SIZE = 64
-MAX_IMAGE_PIXELS = 40_000_000  # refuse larger declared sizes before decoding (decompression bombs)
 DIGITS = "digits"
-_GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 
 
 @dataclass
 class Split:
-    """One split's raw pixels, labels (1 = positive class) and image ids."""
+    """One split's pixels, labels (1 = positive class) and image ids.
 
-    images: np.ndarray
+    ``images`` is an in-memory array (``.npz``, digits) or, for class folders, a
+    :class:`FileImages` that decodes images only when they are read.
+    """
+
+    images: np.ndarray | FileImages
     labels: np.ndarray
     ids: list[str]
 
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def streamed(self) -> bool:
+        """Whether the pixels live in files (decoded per batch), not in memory."""
+        return isinstance(self.images, FileImages)
+
     def take(self, index: np.ndarray) -> Split:
         """The sub-split at ``index``."""
-        return Split(self.images[index], self.labels[index], [self.ids[i] for i in index])
+        images = self.images
+        picked = images.subset(index) if isinstance(images, FileImages) else images[index]
+        return Split(picked, self.labels[index], [self.ids[i] for i in index])
+
+    def pixel_digest(self) -> bytes:
+        """Bytes that change when any pixel does: the per-image digests, or the pixels."""
+        if isinstance(self.images, FileImages):
+            return self.images.digests.tobytes()
+        return np.ascontiguousarray(self.images).tobytes()
+
+
+def concat_splits(parts: list[Split]) -> Split:
+    """One split made of ``parts`` in order."""
+    if all(p.streamed for p in parts):
+        images: np.ndarray | FileImages = FileImages.concat([p.images for p in parts])  # type: ignore[misc]
+    else:
+        images = np.concatenate([np.asarray(p.images) for p in parts])
+    labels = np.concatenate([p.labels for p in parts])
+    return Split(images, labels, [i for p in parts for i in p.ids])
 
 
 @dataclass
@@ -90,7 +122,7 @@ class Dataset:
             digest.update(name.encode())
             digest.update("\n".join(split.ids).encode("utf-8"))
             digest.update(np.ascontiguousarray(split.labels, dtype=np.int64).tobytes())
-            digest.update(np.ascontiguousarray(split.images).tobytes())
+            digest.update(split.pixel_digest())
         return digest.hexdigest()
 
     def summary(self) -> dict[str, Any]:
@@ -103,6 +135,7 @@ class Dataset:
             "positive_class": self.positive_class,
             "image_shape": list(self.image_shape),
             "pixel_dtype": str(self.splits["train"].images.dtype),
+            "streamed": self.splits["train"].streamed,
             "counts": self.counts(),
             "split_origin": self.split_origin,
             "fingerprint": self.fingerprint(),
@@ -144,105 +177,6 @@ def iter_image_files(folder: Path) -> list[Path]:
             if is_image_file(path) and path.is_file():
                 found.append(path)
     return sorted(found)
-
-
-def _open_image(path: Path) -> Any:
-    """Open an image header with Pillow, refusing huge declared sizes before decoding."""
-    from PIL import Image
-
-    try:
-        img = Image.open(path)
-    except FileNotFoundError:
-        raise DataError(f"'{path}': file does not exist") from None
-    except IsADirectoryError:
-        raise DataError(f"'{path}': is a folder, not an image") from None
-    except PermissionError:
-        raise DataError(f"'{path}': permission denied") from None
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise DataError(f"'{path}': not a readable image ({exc})") from None
-    except Image.DecompressionBombError:
-        raise DataError(f"'{path}': declared size exceeds the pixel limit") from None
-    width, height = img.size
-    if width * height > MAX_IMAGE_PIXELS:
-        img.close()
-        raise DataError(
-            f"'{path}': declared size {width}x{height} exceeds the limit of "
-            f"{MAX_IMAGE_PIXELS:,} pixels (possible decompression bomb)"
-        )
-    if width == 0 or height == 0:
-        img.close()
-        raise DataError(f"'{path}': image has zero size")
-    return img
-
-
-def image_is_gray(path: Path) -> bool:
-    """Whether the image at ``path`` has a single (gray) channel, from its header alone."""
-    with _open_image(path) as img:
-        return img.mode in _GRAY_MODES
-
-
-def load_image(path: str | Path, image_size: tuple[int, int], channels: int) -> np.ndarray:
-    """Decode one image to uint8 (H, W, channels) at ``image_size`` = (height, width).
-
-    Handles 16-bit, palette (with transparency), CMYK and animated images (first frame).
-    Raises DataError naming the file when it cannot be decoded.
-    """
-    from PIL import Image
-
-    path = Path(path)
-    img = _open_image(path)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # palette-transparency notes etc.
-            img.seek(0)
-            img.load()
-            if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-                arr = np.asarray(img, dtype=np.float64)
-                top = 65535.0 if arr.max(initial=0) > 255 or img.mode.startswith("I;16") else 255.0
-                img = Image.fromarray(np.clip(arr * (255.0 / top), 0, 255).astype(np.uint8))
-            if img.mode in ("P", "PA", "LA", "RGBA") or "transparency" in img.info:
-                rgba = img.convert("RGBA")
-                background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-                img = Image.alpha_composite(background, rgba)
-            img = img.convert("L" if channels == 1 else "RGB")
-            height, width = image_size
-            if img.size != (width, height):
-                img = img.resize((width, height), Image.Resampling.BILINEAR)
-            arr = np.asarray(img, dtype=np.uint8)
-    except DataError:
-        raise
-    except (OSError, ValueError, SyntaxError, EOFError) as exc:
-        raise DataError(f"'{path}': truncated or corrupt image ({exc})") from None
-    finally:
-        img.close()
-    return arr.reshape(image_size[0], image_size[1], channels)
-
-
-def load_images(
-    paths: list[Path], image_size: tuple[int, int], channels: int, skip_bad: bool
-) -> tuple[np.ndarray, list[int], list[str]]:
-    """Decode many images in parallel threads.
-
-    Returns (images, indices of the paths that loaded, messages for those that did not). Without
-    ``skip_bad`` any failure raises one DataError listing the bad files.
-    """
-
-    def one(path: Path) -> np.ndarray | str:
-        try:
-            return load_image(path, image_size, channels)
-        except DataError as exc:
-            return str(exc)
-
-    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2) * 2)) as pool:
-        results = list(pool.map(one, paths))
-    good = [i for i, r in enumerate(results) if not isinstance(r, str)]
-    bad = [r for r in results if isinstance(r, str)]
-    if bad and not skip_bad:
-        shown = "; ".join(bad[:3]) + (f"; and {len(bad) - 3} more" if len(bad) > 3 else "")
-        raise DataError(f"{len(bad)} bad image(s): {shown} (use --skip-bad-images to skip them)")
-    shape = (len(good), image_size[0], image_size[1], channels)
-    images = np.stack([results[i] for i in good]) if good else np.zeros(shape, np.uint8)
-    return images, good, bad
 
 
 # --------------------------------------------------------------------------- splitting
@@ -392,7 +326,9 @@ def _load_folder(root: Path, config: DataConfig, seed: int, make_missing: bool =
     skipped: list[str] = []
     for split_name, files in per_split_files.items():
         paths = [p for p, _ in files]
-        images, good, bad = load_images(paths, size, channels, config.skip_bad_images)
+        images, good, bad = scan_images(
+            paths, size, channels, config.skip_bad_images, cache_dir=config.cache
+        )
         skipped += bad
         labels = np.array([1 if files[i][1] == ordered[1] else 0 for i in good], dtype=np.int64)
         ids = [paths[i].relative_to(root).as_posix() for i in good]
@@ -627,6 +563,31 @@ def class_weights(labels: np.ndarray, mode: str) -> dict[int, float] | None:
     return {c: float(len(labels) / (2 * counts[c])) for c in (0, 1)}
 
 
+@contextlib.contextmanager
+def image_read_errors(advice: str = "") -> Iterator[None]:
+    """Turn a streamed image that failed to decode inside ``tf.data`` back into a DataError.
+
+    A file can change or vanish after the scan; TensorFlow reports that as an op error whose
+    text holds our DataError message, which is what the user needs to see (plus ``advice``).
+    """
+    import tensorflow as tf
+
+    prefix = "an image failed to load while streaming: "
+    try:
+        yield
+    except tf.errors.OpError as exc:
+        marker = "DataError: "
+        text = str(exc)
+        if marker not in text:
+            raise
+        message = text[text.rindex(marker) + len(marker) :].strip().splitlines()[0]
+        raise DataError(f"{prefix}{message}{advice}") from None
+    except DataError as exc:  # from a nested block, which had no advice to give
+        if not advice or not str(exc).startswith(prefix) or str(exc).endswith(advice):
+            raise
+        raise DataError(f"{exc}{advice}") from None
+
+
 def make_tf_dataset(
     split: Split,
     batch_size: int,
@@ -634,7 +595,13 @@ def make_tf_dataset(
     seed: int = 0,
     weights: dict[int, float] | None = None,
 ) -> Any:
-    """A batched, prefetched ``tf.data.Dataset`` of (pixels float32, label float32, weight)."""
+    """A batched, prefetched ``tf.data.Dataset`` of (pixels float32, label float32, weight).
+
+    In-memory splits are sliced from their array. Streamed splits (class folders) shuffle only
+    image indices and decode (or read from the pixel cache) one batch at a time in parallel, so
+    memory does not grow with the data. Both give the same batches in the same order for the
+    same seed: ``shuffle`` permutes positions the same way whatever the elements are.
+    """
     import tensorflow as tf
 
     labels = split.labels.astype(np.float32)
@@ -643,10 +610,22 @@ def make_tf_dataset(
         if weights
         else np.ones_like(labels)
     )
-    ds = tf.data.Dataset.from_tensor_slices((split.images, labels, sample_w))
-    ds = ds.cache()
+    images = split.images
+    if not isinstance(images, FileImages):
+        ds = tf.data.Dataset.from_tensor_slices((images, labels, sample_w)).cache()
+    else:
+        index = np.arange(len(split), dtype=np.int64)
+        ds = tf.data.Dataset.from_tensor_slices((index, labels, sample_w))
     if shuffle:
         ds = ds.shuffle(len(split), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
+    if isinstance(images, FileImages):
+        shape = [None, *images.shape[1:]]
+
+        def read(i: Any, y: Any, w: Any) -> tuple[Any, Any, Any]:
+            x = tf.numpy_function(images.read, [i], tf.uint8, stateful=False)
+            return tf.ensure_shape(x, shape), y, w
+
+        ds = ds.map(read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.map(lambda x, y, w: (tf.cast(x, tf.float32), y, w), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)

@@ -168,7 +168,7 @@ def explain(
         extra = [i for group in by_class for i in group if i not in picks_correct]
         picks_correct += extra[: n_saliency - len(picks_correct)]
     picks = np.array(list(picks_correct) + list(wrong[:n_saliency]), dtype=np.int64)
-    images = np.asarray(test.images)[picks] if picks.size else test.images[:0]
+    images = test.images[picks] if picks.size else test.images[:0]
     maps = grad_cam(model, images, pred[picks])
     return Explanation(
         layer_names=names,
@@ -177,7 +177,7 @@ def explain(
         weight_edges=WEIGHT_EDGES,
         weight_counts=counts,
         near_zero=NEAR_ZERO,
-        wrong_images=np.asarray(test.images)[wrong],
+        wrong_images=test.images[wrong],
         wrong_labels=labels[wrong],
         wrong_probs=probs[wrong],
         wrong_ids=[test.ids[i] for i in wrong],

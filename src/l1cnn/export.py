@@ -465,7 +465,7 @@ def export_run(
         # The record must exist before ExportedModel can read the folder back.
         runs.write_json(staging / EXPORT_FILE, record)
         exported = ExportedModel(staging)
-        pixels = test.images
+        pixels = np.asarray(test.images)  # the test split, decoded, for the parity check
         if options.format == "savedmodel":
             pixels = _as_uint8(pixels)  # compare on exactly what the signature sees
         reference = predict_split(run.model, Split(pixels, test.labels, test.ids))

@@ -17,6 +17,8 @@ import numpy as np
 from l1cnn.data import (
     Dataset,
     Split,
+    concat_splits,
+    image_read_errors,
     iter_predict_inputs,
     load_data,
     load_images,
@@ -32,7 +34,8 @@ CHUNK = 512
 
 def predict_split(model: keras.Model, split: Split) -> np.ndarray:
     """Probabilities for every image of a split."""
-    return predict_dataset(make_predict_fn(model), make_tf_dataset(split, CHUNK))
+    with image_read_errors():
+        return predict_dataset(make_predict_fn(model), make_tf_dataset(split, CHUNK))
 
 
 @dataclass
@@ -180,13 +183,7 @@ def load_other_data(
         )
     if "test" in dataset.splits:
         return dataset.splits["test"], "test split", dataset.skipped
-    parts = list(dataset.splits.values())
-    merged = Split(
-        np.concatenate([p.images for p in parts]),
-        np.concatenate([p.labels for p in parts]),
-        [i for p in parts for i in p.ids],
-    )
-    return merged, "all images", dataset.skipped
+    return concat_splits(list(dataset.splits.values())), "all images", dataset.skipped
 
 
 def evaluate_run(

@@ -22,7 +22,7 @@ import numpy as np
 
 from l1cnn import runs
 from l1cnn.config import dumps_config
-from l1cnn.data import class_weights, make_tf_dataset
+from l1cnn.data import class_weights, image_read_errors, make_tf_dataset
 from l1cnn.errors import ConfigError, RunError
 from l1cnn.evaluate import diagnose
 from l1cnn.explain import write_explanation
@@ -193,17 +193,18 @@ def _fine_tune(
         settings = StepSettings(
             config.model.l1_lambda, config.model.l1_mode, config.train.learning_rate
         )
-        return fit(
-            model,
-            model.optimizer,
-            train_ds,
-            val_ds,
-            dataset.splits["val"].labels,
-            settings,
-            epochs=epochs,
-            early_stopping=make_early_stopping(config),
-            verbose=verbose,
-        )
+        with image_read_errors():
+            return fit(
+                model,
+                model.optimizer,
+                train_ds,
+                val_ds,
+                dataset.splits["val"].labels,
+                settings,
+                epochs=epochs,
+                early_stopping=make_early_stopping(config),
+                verbose=verbose,
+            )
     finally:
         for kernel in kernels:
             kernel.constraint = None

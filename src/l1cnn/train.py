@@ -14,7 +14,7 @@ import numpy as np
 
 from l1cnn import backup, runs
 from l1cnn.config import Config, dumps_config, replace
-from l1cnn.data import Dataset, class_weights, load_data, make_tf_dataset
+from l1cnn.data import Dataset, class_weights, image_read_errors, load_data, make_tf_dataset
 from l1cnn.errors import DataError, RunError, TrainingError
 from l1cnn.evaluate import compute_metrics, diagnose, threshold_choice
 from l1cnn.explain import write_explanation
@@ -295,19 +295,22 @@ def _train(
                 f"`l1cnn train --resume {run_dir}`"
             ) from None
 
-    result = fit(
-        model,
-        model.optimizer,
-        train_ds,
-        val_ds,
-        dataset.splits["val"].labels,
-        settings,
-        epochs=config.train.epochs,
-        early_stopping=stopper,
-        verbose=verbose,
-        on_epoch_end=save_backup,
-        done=state.history if state is not None else None,
-    )
+    # Streamed images are decoded during training: one that changed since the scan stops it.
+    advice = f"; restore it, then `l1cnn train --resume {run_dir}` goes on from the last epoch"
+    with image_read_errors(advice):
+        result = fit(
+            model,
+            model.optimizer,
+            train_ds,
+            val_ds,
+            dataset.splits["val"].labels,
+            settings,
+            epochs=config.train.epochs,
+            early_stopping=stopper,
+            verbose=verbose,
+            on_epoch_end=save_backup,
+            done=state.history if state is not None else None,
+        )
     if result.status == "diverged" and not result.history:
         info.update(status="diverged", message=result.message)
         runs.write_json(run_dir / runs.RUN_FILE, info)
@@ -316,7 +319,8 @@ def _train(
             f"(lower learning_rate, now {config.train.learning_rate:g})"
         )
 
-    metrics, probs = score_dataset(model, dataset, config.train.threshold)
+    with image_read_errors(advice):
+        metrics, probs = score_dataset(model, dataset, config.train.threshold)
     last = result.history[-1] if result.history else {}
     best = next((h for h in result.history if h["epoch"] == result.best_epoch), last)
     l1_share = best["l1_penalty"] / best["loss"] if best and best.get("loss") else None
