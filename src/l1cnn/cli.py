@@ -36,6 +36,11 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+# Keys whose unset value is not "decided automatically", and keys whose value is a path.
+NONE_MEANS = {"cache": "none, decode every epoch"}
+METAVARS = {"cache": "DIR"}
+
+
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
     """One option per config key, defaulting to "not given" so the config file can set it."""
     parser.add_argument("--config", metavar="FILE", help="TOML config file (see configs/)")
@@ -52,11 +57,12 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
         if section not in groups:
             groups[section] = parser.add_argument_group(f"[{section}] config keys")
         shown = (
-            "auto"
+            NONE_MEANS.get(name, "auto")
             if default is None
             else (",".join(map(str, default)) if isinstance(default, tuple) else default)
         )
         metavar = "N,N,..." if type_name.startswith("tuple") else type_name.split(" ")[0].upper()
+        metavar = METAVARS.get(name, metavar)
         kwargs: dict[str, Any] = {
             "dest": f"cfg__{section}__{name}",
             "default": argparse.SUPPRESS,
