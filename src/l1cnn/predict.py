@@ -7,6 +7,7 @@ so thousands of images run without memory growth.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -124,28 +125,41 @@ def predict_with(
         A PredictResult in input order.
     """
     height, width, channels = image_shape
-    out: list[Prediction] = []
-    skipped: list[str] = []
-    for chunk in _chunks(iter_predict_inputs(inputs), CHUNK):
-        ids = [item_id for item_id, _ in chunk]
+
+    def prepare(chunk: list[tuple[str, Path | np.ndarray]]) -> tuple[list[str], list, list[str]]:
+        """Decode one chunk: (ids, pixels per item or None when skipped, bad-image messages)."""
         files = [(i, src) for i, (_, src) in enumerate(chunk) if isinstance(src, Path)]
         batch: list[np.ndarray | None] = [None] * len(chunk)
         for i, (item_id, src) in enumerate(chunk):
             if not isinstance(src, Path):
                 batch[i] = _pixels_like_run(src, (height, width, channels), item_id)
+        bad: list[str] = []
         if files:
             images, good, bad = load_images(
                 [p for _, p in files], (height, width), channels, skip_bad_images
             )
-            skipped += bad
             for k, g in enumerate(good):
                 batch[files[g][0]] = images[k]
-        keep = [i for i, b in enumerate(batch) if b is not None]
-        if not keep:
-            continue
-        probs = forward(np.stack([batch[i] for i in keep]).astype(np.float32))
-        for i, p in zip(keep, probs, strict=True):
-            out.append(Prediction(ids[i], float(p), names[int(p >= cut)]))
+        return [item_id for item_id, _ in chunk], batch, bad
+
+    out: list[Prediction] = []
+    skipped: list[str] = []
+    # Decode the next chunk while the model runs on this one (both release the GIL).
+    with ThreadPoolExecutor(max_workers=1) as decoder:
+        chunks = _chunks(iter_predict_inputs(inputs), CHUNK)
+        first = next(chunks, None)
+        pending = decoder.submit(prepare, first) if first is not None else None
+        while pending is not None:
+            ids, batch, bad = pending.result()
+            following = next(chunks, None)
+            pending = decoder.submit(prepare, following) if following is not None else None
+            skipped += bad
+            keep = [i for i, b in enumerate(batch) if b is not None]
+            if not keep:
+                continue
+            probs = forward(np.stack([batch[i] for i in keep]).astype(np.float32))
+            for i, p in zip(keep, probs, strict=True):
+                out.append(Prediction(ids[i], float(p), names[int(p >= cut)]))
     return PredictResult(out, skipped, cut)
 
 
