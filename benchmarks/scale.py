@@ -27,6 +27,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from _common import machine, replace_section
+
 ROOT = Path(__file__).resolve().parents[1]
 SIDE = 28
 RSS_BUDGET_MB = 300
@@ -94,28 +96,6 @@ def _child(folder: Path, epochs: int, cache: Path | None) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _machine() -> str:
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        model = next(
-            line.split(":", 1)[1].strip()
-            for line in lscpu.splitlines()
-            if line.startswith("Model name")
-        )
-    except (OSError, StopIteration):
-        model = platform.processor() or "unknown CPU"
-    return f"{model}, {os.cpu_count()} cores"
-
-
-def _replace_section(path: Path, marker: str, text: str) -> None:
-    previous = path.read_text() if path.exists() else "# Benchmark results\n\n"
-    if marker in previous:
-        before, _, rest = previous.partition(marker)
-        after = rest[rest.find("\n## ") + 1 :] if "\n## " in rest else ""
-        previous = before + after
-    path.write_text(previous.rstrip() + "\n\n" + text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 50_000, 200_000])
@@ -173,7 +153,7 @@ def main() -> None:
     )
     text = (
         f"## Scale, {dt.date.today().isoformat()}\n\n"
-        f"- machine: {_machine()}; Python {platform.python_version()}, TensorFlow "
+        f"- machine: {machine()}; Python {platform.python_version()}, TensorFlow "
         f"{tf.__version__}, Keras {keras.__version__}\n"
         f"- command: `{command}`; data: synthetic {SIDE}x{SIDE} gray PNGs in two class "
         f"folders (written to a temporary directory), the specified network, seed 42, "
@@ -186,7 +166,7 @@ def main() -> None:
         f"{verdict} the {RSS_BUDGET_MB} MB budget.\n"
     )
     print("\n" + text)
-    _replace_section(args.out, "## Scale,", text)
+    replace_section(args.out, "## Scale,", text)
 
 
 if __name__ == "__main__":

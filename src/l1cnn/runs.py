@@ -270,6 +270,8 @@ def library_versions() -> dict[str, str]:
         import tensorflow as tf
 
         versions["tensorflow"] = tf.__version__
+        # Other kernels, other last bits: needed to reproduce a run exactly.
+        versions["tf_onednn_opts"] = os.environ.get("TF_ENABLE_ONEDNN_OPTS", "unset")
     return versions
 
 
