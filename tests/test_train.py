@@ -44,6 +44,7 @@ def test_run_folder_holds_everything(trained_run: Path) -> None:
     info = json.loads((trained_run / "run.json").read_text())
     assert info["status"] in ("completed", "early_stopped") and info["seed"] == 7
     assert info["versions"]["keras"] and info["versions"]["tensorflow"]
+    assert info["versions"]["tf_onednn_opts"] == os.environ.get("TF_ENABLE_ONEDNN_OPTS")
     assert info["wall_time_s"] > 0 and info["epochs_run"] == 3
     data = json.loads((trained_run / "data.json").read_text())
     assert data["counts"]["train"] == {"0": 42, "1": 42} and len(data["fingerprint"]) == 64
@@ -229,3 +230,16 @@ def test_run_files_are_readable_by_others(trained_run: Path) -> None:
     for name in ("model.keras", "metrics.json", "config.toml"):
         mode = (trained_run / name).stat().st_mode & 0o777
         assert mode == 0o666 & ~umask, (name, oct(mode))
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, "1"), ("0", "0")])
+def test_onednn_is_asked_for_unless_the_user_chose(given: str | None, expected: str) -> None:
+    """oneDNN is on by default (faster here) but a user's own setting wins."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    if given is not None:
+        env["TF_ENABLE_ONEDNN_OPTS"] = given
+    code = "import os, l1cnn; print(os.environ['TF_ENABLE_ONEDNN_OPTS'])"
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == expected

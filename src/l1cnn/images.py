@@ -14,7 +14,7 @@ import tempfile
 import threading
 import warnings
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -311,7 +311,6 @@ def scan_images(
     channels: int,
     skip_bad: bool,
     cache_dir: str | Path | None = None,
-    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[FileImages, list[int], list[str]]:
     """Decode every file once, keeping only a digest per image (and, with a cache, the pixels).
 
@@ -352,8 +351,6 @@ def scan_images(
                     good.append(start + offset)
                     if out is not None:
                         out.write(data)
-                if progress is not None:
-                    progress(min(start + SCAN_CHUNK, len(paths)), len(paths))
         _raise_if_bad(bad, skip_bad)
         digests = digests[: len(good)]
         cache_file = None
