@@ -271,8 +271,8 @@ def _cache_key(paths: list[Path], image_size: tuple[int, int], channels: int) ->
     digest = hashlib.sha256(json.dumps([CACHE_VERSION, list(image_size), channels]).encode())
     for path in paths:
         try:
-            stat = path.stat()
-            digest.update(f"{path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+            stat = path.stat()  # abspath, not resolve(): no syscalls per path component
+            digest.update(f"{os.path.abspath(path)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
         except OSError:
             digest.update(f"{path}\0missing\n".encode())
     return digest.hexdigest()[:32]
