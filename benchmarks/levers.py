@@ -37,9 +37,9 @@ def _setup(xla: bool = False) -> dict:
 
     from l1cnn import loop, runs
     from l1cnn.config import Config
-    from l1cnn.data import class_weights, load_data, make_tf_dataset
-    from l1cnn.model import build_model
-    from l1cnn.train import compile_model, epoch_shuffle_seed, resolve_config
+    from l1cnn.data import class_weights, epoch_shuffle_seed, load_data, make_tf_dataset
+    from l1cnn.model import build_model, compile_model
+    from l1cnn.train import resolve_config
 
     config = Config()
     dataset = load_data(DATA, config.data, SEED)

@@ -10,8 +10,7 @@ from conftest import make_images, tiny_config
 
 from l1cnn import loop
 from l1cnn.data import Split, make_tf_dataset
-from l1cnn.model import build_model
-from l1cnn.train import compile_model
+from l1cnn.model import build_model, compile_model
 
 N = 72  # 4 batches of 16 and one of 8
 
@@ -84,14 +83,10 @@ def test_fit_with_few_steps_per_call_and_unknown_cardinality(monkeypatch) -> Non
 
         result = loop.fit(
             model,
-            model.optimizer,
-            train_ds,
-            make_tf_dataset(split, 64),
-            split.labels,
+            loop.FitData(train_ds, make_tf_dataset(split, 64), split.labels),
             settings,
             epochs=2,
             early_stopping=None,
-            verbose=False,
         )
         assert result.status == "completed"
         histories.append([{k: v for k, v in h.items() if k != "seconds"} for h in result.history])

@@ -9,9 +9,9 @@ import pytest
 from l1cnn import build_model
 from l1cnn.config import Config, ModelConfig
 from l1cnn.errors import ConfigError
+from l1cnn.loop import make_early_stopping
 from l1cnn.losses import data_loss, l1_penalty
-from l1cnn.model import regularized_kernels
-from l1cnn.train import compile_model, make_early_stopping
+from l1cnn.model import compile_model, regularized_kernels
 
 
 def _layers(model: keras.Model, cls: type) -> list:

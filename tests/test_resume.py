@@ -19,8 +19,9 @@ from l1cnn import backup, runs
 from l1cnn.cli import main
 from l1cnn.config import dumps_config
 from l1cnn.errors import DataError, RunError
-from l1cnn.model import build_model
-from l1cnn.train import compile_model, make_early_stopping, resume, train
+from l1cnn.loop import make_early_stopping
+from l1cnn.model import build_model, compile_model
+from l1cnn.train import resume, train
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
 

@@ -19,9 +19,9 @@ from l1cnn import backup, load_run, runs
 from l1cnn.cli import main
 from l1cnn.data import Split, make_tf_dataset
 from l1cnn.errors import ModelError, RunError
-from l1cnn.loop import StepSettings, fit
-from l1cnn.model import build_model
-from l1cnn.train import compile_model, resume, train
+from l1cnn.loop import EpochCallback, FitData, StepSettings, fit
+from l1cnn.model import build_model, compile_model
+from l1cnn.train import resume, train
 
 
 def run_cli(args: list, capsys) -> tuple[int, str, str]:
@@ -199,17 +199,17 @@ def test_divergence_after_good_epochs_keeps_the_last_good_weights() -> None:
     def epoch_data(epoch: int):
         return make_tf_dataset(poisoned if epoch == 3 else good, 16, shuffle=True, seed=epoch)
 
+    class KeepWeights(EpochCallback):
+        def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
+            after[epoch] = model.get_weights()
+
     result = fit(
         model,
-        model.optimizer,
-        epoch_data,
-        make_tf_dataset(good, 64),
-        y,
+        FitData(epoch_data, make_tf_dataset(good, 64), y),
         StepSettings(0.01, "penalty", 0.001),
         epochs=5,
         early_stopping=None,
-        verbose=False,
-        on_epoch_end=lambda e, logs: after.update({e: model.get_weights()}),
+        callbacks=[KeepWeights()],
     )
     assert result.status == "diverged" and "epoch 3" in result.message
     assert [h["epoch"] for h in result.history] == [1, 2] and result.best_epoch == 2

@@ -20,7 +20,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from l1cnn.errors import RunError
+from l1cnn.errors import RunError, first_line
 from l1cnn.loop import EarlyStopping
 from l1cnn.runs import BACKUP_FILE, atomic_write_bytes
 
@@ -179,8 +179,7 @@ def restore(
         for variable, value in zip(targets, state.rng, strict=True):
             variable.assign(value)
     except ValueError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise RunError(f"the backup does not fit the run's model: {first}") from None
+        raise RunError(f"the backup does not fit the run's model: {first_line(exc)}") from None
     if early_stopping is not None and state.early_stopping is not None:
         best = state.early_stopping["best"]
         early_stopping.best = math.inf if best is None else float(best)

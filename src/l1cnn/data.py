@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from l1cnn.config import DataConfig
-from l1cnn.errors import DataError
+from l1cnn.errors import DataError, first_line
 from l1cnn.images import (  # noqa: F401  (load_image, load_images, MAX_IMAGE_PIXELS: public here)
     MAX_IMAGE_PIXELS,
     FileImages,
@@ -417,7 +417,7 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
         MemoryError,
         NotImplementedError,
     ) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         if "allow_pickle" in reason or "Object arrays" in reason:
             reason = "it holds Python objects, which are not loaded for safety"
         raise DataError(f"'{path}' is not a readable .npz array file: {reason}") from None
@@ -588,6 +588,11 @@ def image_read_errors(advice: str = "") -> Iterator[None]:
         raise DataError(f"{exc}{advice}") from None
 
 
+# Images per inference call (validation, scoring, predict, export parity): large enough that
+# the per-call cost vanishes, small enough to bound memory on photo-size images.
+PREDICT_CHUNK = 512
+
+
 def make_tf_dataset(
     split: Split,
     batch_size: int,
@@ -629,3 +634,11 @@ def make_tf_dataset(
         ds = ds.map(read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.map(lambda x, y, w: (tf.cast(x, tf.float32), y, w), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def epoch_shuffle_seed(seed: int, epoch: int) -> int:
+    """The training data's shuffle seed in ``epoch``: a function of (seed, epoch) alone.
+
+    So a resumed run sees the same batches in epoch k as an uninterrupted one.
+    """
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])

@@ -26,3 +26,13 @@ class ModelError(L1CNNError):
 
 class TrainingError(L1CNNError):
     """Training itself went wrong (for example the loss became NaN)."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type's name when it has none.
+
+    Third-party errors (converters, loaders) often carry pages of detail; a user-facing
+    ``error:`` line takes only their first line.
+    """
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

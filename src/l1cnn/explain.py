@@ -17,9 +17,8 @@ import numpy as np
 from l1cnn import runs
 from l1cnn.data import Split
 from l1cnn.errors import RunError
+from l1cnn.model import NEAR_ZERO
 
-EXPLAIN_FILE = "explain.npz"
-NEAR_ZERO = 1e-3  # |w| below this counts as "pruned" by L1
 # Log-spaced |w| histogram bins, 1e-8 .. 10; smaller values (exact zeros too) go in the first bin.
 WEIGHT_EDGES = np.logspace(-8, 1, 46)
 N_WRONG = 16  # most confidently wrong test images shown
@@ -222,7 +221,7 @@ def write_explanation(
     run_dir: str | Path, model: keras.Model, test: Split, test_probs: np.ndarray, threshold: float
 ) -> Path:
     """Compute the explanation of a run's test split and save it as ``explain.npz`` there."""
-    path = Path(run_dir) / EXPLAIN_FILE
+    path = Path(run_dir) / runs.EXPLAIN_FILE
     save_explanation(path, explain(model, test, test_probs, threshold))
     return path
 

@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 
 from l1cnn import runs
-from l1cnn.data import Split
-from l1cnn.errors import ConfigError, ModelError, RunError
+from l1cnn.data import PREDICT_CHUNK, Split
+from l1cnn.errors import ConfigError, ModelError, RunError, first_line
 from l1cnn.evaluate import compute_metrics
 from l1cnn.predict import PredictResult, predict_split, predict_with, reload_run_data
 
@@ -36,7 +36,6 @@ FLOAT_TOLERANCE = 1e-4
 EXPORT_FILE = "export.json"
 ARTIFACTS = {"savedmodel": "1", "onnx": "model.onnx", "litert": "model.tflite"}
 REPRESENTATIVE_SAMPLES = 200  # training images that calibrate int8 ranges
-CHUNK = 512
 
 # What each format needs beyond TensorFlow; all are in the `deploy` extra.
 _NEEDS = {"savedmodel": (), "onnx": ("tf2onnx", "onnxruntime"), "litert": ("ai_edge_litert",)}
@@ -188,8 +187,7 @@ def _write_artifact(
                     }
                 model.export(str(target), format="litert", verbose=False, **kwargs)
     except Exception as exc:  # converters raise many types (ConverterError, tf2onnx's own...)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"the {options.format} converter failed: {first}") from None
+        raise ModelError(f"the {options.format} converter failed: {first_line(exc)}") from None
     return target
 
 
@@ -238,9 +236,8 @@ class ExportedModel:
                 return self._load_onnx()
             return self._load_litert()
         except (OSError, ValueError, RuntimeError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelError(
-                f"exported model '{self.artifact}' cannot be loaded: {first}"
+                f"exported model '{self.artifact}' cannot be loaded: {first_line(exc)}"
             ) from None
 
     def _load_savedmodel(self) -> Callable[[np.ndarray], np.ndarray]:
@@ -285,7 +282,10 @@ class ExportedModel:
         if len(pixels) == 0:
             return np.zeros((0,), np.float32)
         return np.concatenate(
-            [self._forward(pixels[i : i + CHUNK]) for i in range(0, len(pixels), CHUNK)]
+            [
+                self._forward(pixels[i : i + PREDICT_CHUNK])
+                for i in range(0, len(pixels), PREDICT_CHUNK)
+            ]
         )
 
 

@@ -18,6 +18,7 @@ import keras
 import numpy as np
 
 from l1cnn import losses
+from l1cnn.config import Config
 from l1cnn.model import regularized_kernels
 
 PROGRESS_METRICS = ("loss", "l1_penalty", "accuracy", "val_loss", "val_accuracy")
@@ -58,6 +59,17 @@ class EarlyStopping:
         return False
 
 
+def make_early_stopping(config: Config) -> EarlyStopping | None:
+    """Early stopping on validation loss as configured, or None for a fixed number of epochs."""
+    if not config.train.early_stopping:
+        return None
+    return EarlyStopping(
+        monitor="val_loss",
+        patience=config.train.patience,
+        restore_best_weights=config.train.restore_best_weights,
+    )
+
+
 @dataclass
 class StepSettings:
     """What one training step needs besides the model and optimizer."""
@@ -65,6 +77,11 @@ class StepSettings:
     l1_lambda: float
     l1_mode: str  # "penalty" or "proximal"
     learning_rate: float
+
+    @classmethod
+    def from_config(cls, config: Config) -> StepSettings:
+        """The step settings of a run's configuration."""
+        return cls(config.model.l1_lambda, config.model.l1_mode, config.train.learning_rate)
 
 
 # Steps run per call of the compiled training function. Each call from Python costs about
@@ -221,41 +238,169 @@ class FitResult:
     """What the epoch loop did."""
 
     history: list[dict[str, float]]
-    status: str  # "early_stopped", "completed", "interrupted" or "diverged"
+    status: str  # "early_stopped", "completed", "interrupted", "diverged" or a callback's
     best_epoch: int
     epochs_run: int
     message: str = ""
 
 
-def fit(
-    model: keras.Model,
-    optimizer: keras.optimizers.Optimizer,
-    train_ds: Any,
-    val_ds: Any,
-    val_labels: np.ndarray,
-    settings: StepSettings,
-    epochs: int,
-    early_stopping: EarlyStopping | None,
-    verbose: bool = True,
-    on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
-    done: list[dict[str, float]] | None = None,
-) -> FitResult:
-    """Train for up to ``epochs`` epochs, with early stopping on validation loss.
+class StopTraining(Exception):  # noqa: N818  (a signal, not an error)
+    """Raised by an epoch callback to end training after this epoch with its own status.
 
-    Ctrl-C ends training cleanly (status "interrupted"); a non-finite loss ends it with status
-    "diverged". In both cases, and after early stopping, the best weights are restored.
+    The epoch stays in the history and the best weights are restored, as after early stopping.
+    """
 
-    For resume, ``train_ds`` may be a function ``epoch -> dataset``, so that each epoch's
-    shuffle order depends on the epoch number alone, not on how many epochs this process ran;
-    ``done`` is the history of epochs already finished: training goes on at epoch
-    ``len(done) + 1`` (the model, optimizer and ``early_stopping`` must hold that state).
+    def __init__(self, status: str, message: str = "") -> None:
+        super().__init__(message or status)
+        self.status, self.message = status, message
+
+
+class EpochCallback:
+    """Hooks the loop calls around each epoch; subclasses override what they need.
+
+    ``on_epoch_end`` runs after early stopping has seen the epoch, so a callback that saves
+    state (the backup) saves the stopper's too; it may raise :class:`StopTraining`.
+    """
+
+    def on_epoch_begin(self, epoch: int, epochs: int, n_batches: int | None) -> None:
+        """Epoch ``epoch`` of ``epochs`` starts (``n_batches`` None: unknown length)."""
+
+    def on_batches(self, done: int, sums: np.ndarray) -> None:
+        """``done`` batches of this epoch have run; ``sums`` as in :func:`make_train_steps`."""
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
+        """Epoch ``epoch`` finished with ``logs`` (one row of the history)."""
+
+
+class ProgressBar(EpochCallback):
+    """Keras' progress bar, one per epoch, with the loss, L1 penalty and accuracy."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+        self.done = 0
+
+    def on_epoch_begin(self, epoch: int, epochs: int, n_batches: int | None) -> None:
+        self.bar = keras.utils.Progbar(n_batches, stateful_metrics=[*PROGRESS_METRICS])
+        self.done = 0
+        print(f"Epoch {epoch}/{epochs}")
+
+    def on_batches(self, done: int, sums: np.ndarray) -> None:
+        self.done = done
+        self.bar.update(done, [("loss", sums[0] / sums[4]), ("accuracy", sums[3] / sums[4])])
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
+        self.bar.update(self.done, [(k, logs[k]) for k in PROGRESS_METRICS], finalize=True)
+
+
+@dataclass
+class FitData:
+    """The data of one fit: training batches (or ``epoch -> batches``) and validation.
+
+    ``train`` may be a function of the epoch number, so that each epoch's shuffle depends on
+    the epoch alone, not on how many epochs this process ran (resume stays bit-identical).
+    """
+
+    train: Any
+    val: Any
+    val_labels: np.ndarray
+
+    def train_batches(self, epoch: int) -> Any:
+        """The training ``tf.data`` dataset of ``epoch``, autotuning off."""
+        return without_autotune(self.train(epoch) if callable(self.train) else self.train)
+
+
+StepFactory = Callable[[keras.Model, keras.optimizers.Optimizer, StepSettings], Any]
+
+
+def _run_epoch(
+    run_steps: Any, epoch_ds: Any, n_batches: int, callbacks: list[EpochCallback]
+) -> tuple[np.ndarray, int]:
+    """Train on every batch of ``epoch_ds`` (``n_batches``, -1: unknown); return sums and count.
+
+    Up to STEPS_PER_CALL steps per call; the sums stay a tensor between calls and are read
+    once per call, for the callbacks (the progress bar).
     """
     import tensorflow as tf
 
-    run_steps = make_train_steps(model, optimizer, settings)
+    iterator = iter(epoch_ds)
+    sums = tf.zeros([N_SUMS], tf.float64)
+    i = 0
+    while True:
+        want = STEPS_PER_CALL if n_batches < 0 else min(STEPS_PER_CALL, n_batches - i)
+        if want <= 0:
+            break
+        sums, ran = run_steps(iterator, tf.constant(want), sums)
+        i += int(ran)
+        if int(ran) < want:
+            break
+        if n_batches < 0 or i < n_batches:
+            now = sums.numpy()
+            for callback in callbacks:
+                callback.on_batches(i, now)
+    del iterator
+    return sums.numpy(), i
+
+
+def _epoch_logs(
+    epoch: int,
+    sums: np.ndarray,
+    val_prob: np.ndarray,
+    val_labels: np.ndarray,
+    penalty_now: float,
+    started: float,
+) -> dict[str, float]:
+    """One row of the history: training means from the sums, validation from its probabilities.
+
+    The validation loss adds the L1 penalty of the weights at the end of the epoch, as Keras'
+    ``val_loss`` does.
+    """
+    seen = sums[4]
+    val_data = float(losses.data_loss(val_labels, val_prob))
+    return {
+        "epoch": epoch,
+        "loss": sums[0] / seen,
+        "data_loss": sums[1] / seen,
+        "l1_penalty": sums[2] / seen,
+        "accuracy": sums[3] / seen,
+        "val_loss": val_data + penalty_now,
+        "val_data_loss": val_data,
+        "val_accuracy": float(np.mean((val_prob > 0.5) == (val_labels == 1))),
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def fit(
+    model: keras.Model,
+    data: FitData,
+    settings: StepSettings,
+    epochs: int,
+    early_stopping: EarlyStopping | None = None,
+    callbacks: list[EpochCallback] | None = None,
+    done: list[dict[str, float]] | None = None,
+    step_factory: StepFactory = make_train_steps,
+) -> FitResult:
+    """Train ``model`` (compiled: its optimizer is used) for up to ``epochs`` epochs.
+
+    Ctrl-C ends training cleanly (status "interrupted"); a non-finite loss ends it with status
+    "diverged"; a callback may end it with :class:`StopTraining`. In every case, and after early
+    stopping, the best weights are restored.
+
+    Args:
+        model: a compiled model.
+        data: training and validation data.
+        settings: L1 and learning rate of the step.
+        epochs: the last epoch number to train.
+        early_stopping: its state (None: train every epoch, keep the last weights).
+        callbacks: called around every epoch, in order (e.g. :class:`ProgressBar`, a backup).
+        done: the history of epochs already finished (resume): training goes on at epoch
+            ``len(done) + 1``; the model, optimizer and ``early_stopping`` must hold that state.
+        step_factory: builds the compiled step function (see :func:`make_train_steps`).
+    """
+    callbacks = list(callbacks or [])
+    run_steps = step_factory(model, model.optimizer, settings)
     predict = make_predict_fn(model)
     kernels = regularized_kernels(model)
-    val_ds = without_autotune(val_ds)
+    val_ds = without_autotune(data.val)
     history: list[dict[str, float]] = list(done or [])
     status, message = "completed", ""
     last_good: list[np.ndarray] | None = model.get_weights() if history else None
@@ -265,49 +410,14 @@ def fit(
     try:
         for epoch in range(len(history) + 1, (len(history) if stopped else epochs) + 1):
             started = time.perf_counter()
-            epoch_ds = without_autotune(train_ds(epoch) if callable(train_ds) else train_ds)
+            epoch_ds = data.train_batches(epoch)
             n_batches = int(epoch_ds.cardinality().numpy())
-            bar = keras.utils.Progbar(
-                n_batches if n_batches >= 0 else None,
-                verbose=1 if verbose else 0,
-                stateful_metrics=[*PROGRESS_METRICS],
-            )
-            if verbose:
-                print(f"Epoch {epoch}/{epochs}")
-            # Up to STEPS_PER_CALL steps per call; the sums stay a tensor between calls and
-            # are read once per call, for the progress bar.
-            iterator = iter(epoch_ds)
-            sums = tf.zeros([N_SUMS], tf.float64)
-            i = 0
-            while True:
-                want = STEPS_PER_CALL if n_batches < 0 else min(STEPS_PER_CALL, n_batches - i)
-                if want <= 0:
-                    break
-                sums, ran = run_steps(iterator, tf.constant(want), sums)
-                i += int(ran)
-                if int(ran) < want:
-                    break
-                if n_batches < 0 or i < n_batches:
-                    now = sums.numpy()
-                    bar.update(i, [("loss", now[0] / now[4]), ("accuracy", now[3] / now[4])])
-            del iterator
-            sums = sums.numpy()
-            seen = sums[4]
-            n_batches = i
-            val_prob = predict_dataset(predict, val_ds)
-            val_data = float(losses.data_loss(val_labels, val_prob))
+            for callback in callbacks:
+                callback.on_epoch_begin(epoch, epochs, n_batches if n_batches >= 0 else None)
+            sums, _ = _run_epoch(run_steps, epoch_ds, n_batches, callbacks)
             penalty_now = float(losses.l1_penalty(kernels, settings.l1_lambda))
-            logs = {
-                "epoch": epoch,
-                "loss": sums[0] / seen,
-                "data_loss": sums[1] / seen,
-                "l1_penalty": sums[2] / seen,
-                "accuracy": sums[3] / seen,
-                "val_loss": val_data + penalty_now,
-                "val_data_loss": val_data,
-                "val_accuracy": float(np.mean((val_prob > 0.5) == (val_labels == 1))),
-                "seconds": time.perf_counter() - started,
-            }
+            val_prob = predict_dataset(predict, val_ds)
+            logs = _epoch_logs(epoch, sums, val_prob, data.val_labels, penalty_now, started)
             if not all(math.isfinite(v) for v in logs.values()):
                 status = "diverged"
                 message = f"the loss became NaN or infinite in epoch {epoch}"
@@ -315,16 +425,17 @@ def fit(
             history.append(logs)
             if early_stopping is None:
                 last_good = model.get_weights()
-            bar.update(n_batches, [(k, logs[k]) for k in PROGRESS_METRICS], finalize=True)
             stop = tracker.update(epoch, logs, model)
-            if on_epoch_end is not None:
-                on_epoch_end(epoch, logs)
+            for callback in callbacks:
+                callback.on_epoch_end(epoch, logs)
             if stop and early_stopping is not None:
                 status = "early_stopped"
                 break
     except KeyboardInterrupt:
         status = "interrupted"
         message = f"interrupted by the user after {len(history)} finished epoch(s)"
+    except StopTraining as stop_signal:
+        status, message = stop_signal.status, stop_signal.message
     if stopped:
         status = "early_stopped"
     if early_stopping is not None:

@@ -6,10 +6,16 @@ first layer, so a saved model takes raw 0..255 pixels.
 
 from __future__ import annotations
 
-import keras
+from dataclasses import dataclass
 
-from l1cnn.config import ModelConfig
+import keras
+import numpy as np
+
+from l1cnn.config import Config, ModelConfig
 from l1cnn.errors import ConfigError
+
+# |w| below this counts as "near zero": L1 pushed the weight there without making it exactly 0.
+NEAR_ZERO = 1e-3
 
 
 def smallest_input_size(config: ModelConfig) -> int:
@@ -68,3 +74,43 @@ def regularized_kernels(model: keras.Model) -> list[keras.Variable]:
         for layer in model.layers
         if isinstance(layer, keras.layers.Conv2D | keras.layers.Dense)
     ]
+
+
+def compile_model(model: keras.Model, config: Config) -> keras.Model:
+    """Compile with the specified loss and optimizer (for our loop and ``model.fit`` users)."""
+    model.compile(
+        optimizer=keras.optimizers.RMSprop(learning_rate=config.train.learning_rate),
+        loss=keras.losses.BinaryCrossentropy(),
+        metrics=["accuracy"],
+    )
+    return model
+
+
+@dataclass(frozen=True)
+class KernelSparsity:
+    """Counts of one regularized kernel's weights: all, exactly zero, and near zero."""
+
+    layer: str
+    weights: int
+    zeros: int
+    near_zero: int
+
+
+def kernel_sparsity(model: keras.Model, near_zero: float = NEAR_ZERO) -> list[KernelSparsity]:
+    """Per Conv2D/Dense layer, in model order: how many kernel weights are 0 and |w| < near_zero.
+
+    The one count behind the study's sparsity columns, prune's record and the report.
+    """
+    out = []
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D | keras.layers.Dense):
+            w = keras.ops.convert_to_numpy(layer.kernel)
+            out.append(
+                KernelSparsity(
+                    layer.name,
+                    int(w.size),
+                    int(np.sum(w == 0)),
+                    int(np.sum(np.abs(w) < near_zero)),
+                )
+            )
+    return out

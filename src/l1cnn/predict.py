@@ -16,6 +16,7 @@ import keras
 import numpy as np
 
 from l1cnn.data import (
+    PREDICT_CHUNK,
     Dataset,
     Split,
     concat_splits,
@@ -30,11 +31,9 @@ from l1cnn.evaluate import compute_metrics
 from l1cnn.loop import make_predict_fn, predict_dataset
 from l1cnn.runs import Run, load_run
 
-CHUNK = 512
-
 
 def predict_split(model: keras.Model, split: Split) -> np.ndarray:
-    """Probabilities for every image of a split, CHUNK images per call.
+    """Probabilities for every image of a split, PREDICT_CHUNK images per call.
 
     In-memory pixels go to the compiled function directly (1.2x faster than through tf.data,
     benchmarks/RESULTS.md); streamed ones through tf.data, which decodes them in parallel.
@@ -42,10 +41,12 @@ def predict_split(model: keras.Model, split: Split) -> np.ndarray:
     forward = make_predict_fn(model)
     if not split.streamed:
         pixels = split.images
-        chunks = [forward(pixels[i : i + CHUNK]) for i in range(0, len(split), CHUNK)]
+        chunks = [
+            forward(pixels[i : i + PREDICT_CHUNK]) for i in range(0, len(split), PREDICT_CHUNK)
+        ]
         return np.concatenate(chunks) if chunks else np.zeros((0,), np.float32)
     with image_read_errors():
-        return predict_dataset(forward, make_tf_dataset(split, CHUNK))
+        return predict_dataset(forward, make_tf_dataset(split, PREDICT_CHUNK))
 
 
 @dataclass
@@ -155,7 +156,7 @@ def predict_with(
     skipped: list[str] = []
     # Decode the next chunk while the model runs on this one (both release the GIL).
     with ThreadPoolExecutor(max_workers=1) as decoder:
-        chunks = _chunks(iter_predict_inputs(inputs), CHUNK)
+        chunks = _chunks(iter_predict_inputs(inputs), PREDICT_CHUNK)
         first = next(chunks, None)
         pending = decoder.submit(prepare, first) if first is not None else None
         while pending is not None:

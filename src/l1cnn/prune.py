@@ -20,24 +20,12 @@ from typing import Any
 import keras
 import numpy as np
 
-from l1cnn import runs
-from l1cnn.config import dumps_config
-from l1cnn.data import class_weights, image_read_errors, make_tf_dataset
+from l1cnn import outputs, runs
+from l1cnn.data import PREDICT_CHUNK, Dataset, class_weights, image_read_errors, make_tf_dataset
 from l1cnn.errors import ConfigError, RunError
-from l1cnn.evaluate import diagnose
-from l1cnn.explain import write_explanation
-from l1cnn.loop import StepSettings, fit
-from l1cnn.model import regularized_kernels
+from l1cnn.loop import FitData, FitResult, ProgressBar, StepSettings, fit, make_early_stopping
+from l1cnn.model import compile_model, kernel_sparsity, regularized_kernels
 from l1cnn.predict import reload_run_data
-from l1cnn.report import write_report
-from l1cnn.train import (
-    HISTORY_FIELDS,
-    PREDICT_BATCH,
-    compile_model,
-    make_early_stopping,
-    prediction_rows,
-    score_dataset,
-)
 
 PRUNE_FILE = "prune.json"
 SUMMARY_METRICS = ("accuracy", "roc_auc", "f1", "loss")
@@ -89,14 +77,12 @@ def magnitude_mask(kernel: np.ndarray, options: PruneOptions) -> np.ndarray:
 
 def layer_sparsity(model: keras.Model) -> dict[str, dict[str, float]]:
     """Per Conv2D/Dense layer: kernel weights, exact zeros and their fraction, plus the total."""
-    out: dict[str, dict[str, float]] = {}
-    total = zeros = 0
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.Conv2D | keras.layers.Dense):
-            w = keras.ops.convert_to_numpy(layer.kernel)
-            n, z = int(w.size), int(np.sum(w == 0))
-            out[layer.name] = {"weights": n, "zeros": z, "sparsity": z / n}
-            total, zeros = total + n, zeros + z
+    counts = kernel_sparsity(model)
+    out: dict[str, dict[str, float]] = {
+        c.layer: {"weights": c.weights, "zeros": c.zeros, "sparsity": c.zeros / c.weights}
+        for c in counts
+    }
+    total, zeros = sum(c.weights for c in counts), sum(c.zeros for c in counts)
     out["total"] = {"weights": total, "zeros": zeros, "sparsity": zeros / total if total else 0.0}
     return out
 
@@ -165,10 +151,10 @@ def _fine_tune(
     model: keras.Model,
     masks: list[np.ndarray],
     run: runs.Run,
-    dataset: Any,
+    dataset: Dataset,
     epochs: int,
     verbose: bool,
-) -> Any:
+) -> FitResult:
     """Our training loop with each kernel constrained to its mask, so zeros stay zero.
 
     Keras applies a variable's ``constraint`` right after every optimizer update, i.e. inside
@@ -189,21 +175,15 @@ def _fine_tune(
             seed=config.train.seed,
             weights=weights,
         )
-        val_ds = make_tf_dataset(dataset.splits["val"], PREDICT_BATCH)
-        settings = StepSettings(
-            config.model.l1_lambda, config.model.l1_mode, config.train.learning_rate
-        )
+        val = dataset.splits["val"]
         with image_read_errors():
             return fit(
                 model,
-                model.optimizer,
-                train_ds,
-                val_ds,
-                dataset.splits["val"].labels,
-                settings,
+                FitData(train_ds, make_tf_dataset(val, PREDICT_CHUNK), val.labels),
+                StepSettings.from_config(config),
                 epochs=epochs,
                 early_stopping=make_early_stopping(config),
-                verbose=verbose,
+                callbacks=[ProgressBar()] if verbose else [],
             )
     finally:
         for kernel in kernels:
@@ -252,28 +232,47 @@ def prune_run(
     runs.prepare_run_dir(out, overwrite)
     dataset = reload_run_data(run)
     model = plain_copy(run.model)  # the caller's Run keeps its dense model
-    dense_sizes = model_file_sizes(run.model)
-    before = run.metrics["test"]
 
     masks = [
         magnitude_mask(keras.ops.convert_to_numpy(k), options) for k in regularized_kernels(model)
     ]
     apply_masks(model, masks)
-    pruned_metrics, _ = score_dataset(model, dataset, run.config.train.threshold)
-    history: list[dict[str, float]] = []
-    best_epoch, how = 0, "no fine-tuning"
+    threshold_rule = run.config.train.threshold
+    pruned_metrics, _ = outputs.score_dataset(model, dataset, threshold_rule)
+    result, how = FitResult([], "completed", 0, 0), "no fine-tuning"
     if options.fine_tune_epochs:
         result = _fine_tune(model, masks, run, dataset, options.fine_tune_epochs, verbose)
-        history, best_epoch = result.history, result.best_epoch
         how = f"fine-tuned with the zeros fixed: {result.status}, {result.epochs_run} epoch(s)"
-    metrics, probs = score_dataset(model, dataset, run.config.train.threshold)
-    best = next((h for h in history if h["epoch"] == best_epoch), None)
-    l1_share = best["l1_penalty"] / best["loss"] if best and best.get("loss") else None
-    metrics["diagnosis"] = diagnose(
-        probs["val"], metrics["val"]["roc_auc"], l1_share, run.config.model.l1_lambda
+    metrics, probs = outputs.score_dataset(model, dataset, threshold_rule)
+    outputs.add_diagnosis(
+        metrics, probs, result.history, result.best_epoch, run.config.model.l1_lambda
     )
-    pruned_sizes = model_file_sizes(model)
-    record = {
+    record = _prune_record(run, options, model, pruned_metrics["test"], metrics["test"])
+    run_dir = runs.create_run_dir(out, overwrite)
+    info = _pruned_run_info(run, f"{options.name}; {how}", result, command, started)
+    outputs.write_run_records(
+        run_dir, run.config, info, run.data, runs.read_json(run.path / runs.SPLIT_FILE)
+    )
+    outputs.write_finished_run(
+        run_dir,
+        outputs.FinishedRun(
+            plain_copy(model), dataset, result.history, metrics, probs, info, {PRUNE_FILE: record}
+        ),
+    )
+    return PruneResult(run_dir, record)
+
+
+def _prune_record(
+    run: runs.Run,
+    options: PruneOptions,
+    model: keras.Model,
+    after_pruning: dict[str, Any],
+    after: dict[str, Any],
+) -> dict[str, Any]:
+    """``prune.json``: the rule, sparsity per layer, test metrics before/after, file sizes."""
+    before = run.metrics["test"]
+    dense_sizes, pruned_sizes = model_file_sizes(run.model), model_file_sizes(model)
+    return {
         "source_run": str(run.path),
         "rule": {
             "sparsity": options.sparsity,
@@ -285,9 +284,9 @@ def prune_run(
         "sparsity": layer_sparsity(model),
         "dense_sparsity": layer_sparsity(run.model),
         "test_before": _summary(before),
-        "test_after_pruning": _summary(pruned_metrics["test"]),
-        "test_after": _summary(metrics["test"]),
-        "test_change": _change(before, metrics["test"]),
+        "test_after_pruning": _summary(after_pruning),
+        "test_after": _summary(after),
+        "test_change": _change(before, after),
         "model_file": {
             "dense": dense_sizes,
             "pruned": pruned_sizes,
@@ -297,10 +296,14 @@ def prune_run(
         "seed": run.config.train.seed,
     }
 
-    run_dir = runs.create_run_dir(out, overwrite)
-    info: dict[str, Any] = {
-        "status": "completed",  # a finished run: `train --resume` leaves it alone
-        "message": f"pruned from {run.path} ({options.name}; {how})",
+
+def _pruned_run_info(
+    run: runs.Run, how: str, result: FitResult, command: list[str] | None, started: float
+) -> dict[str, Any]:
+    """``run.json`` of the pruned run: a finished run, so `train --resume` leaves it alone."""
+    return {
+        "status": "completed",
+        "message": f"pruned from {run.path} ({how})",
         "source": run.info["source"],
         "seed": run.config.train.seed,
         "class_weight": run.info.get("class_weight"),
@@ -308,31 +311,8 @@ def prune_run(
         "pruned_from": str(run.path),
         "started": run.info.get("started"),
         "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "epochs_run": len(history),
-        "best_epoch": best_epoch,
+        "epochs_run": len(result.history),
+        "best_epoch": result.best_epoch,
         "wall_time_s": round(time.perf_counter() - started, 3),
         "versions": runs.library_versions(),
     }
-    try:
-        runs.atomic_write_text(run_dir / runs.CONFIG_FILE, dumps_config(run.config))
-        runs.write_json(run_dir / runs.DATA_FILE, run.data)
-        runs.atomic_write_bytes(
-            run_dir / runs.SPLIT_FILE, (run.path / runs.SPLIT_FILE).read_bytes()
-        )
-        info["model_sha256"] = runs.save_model_atomic(plain_copy(model), run_dir / runs.MODEL_FILE)
-        runs.write_csv(run_dir / runs.HISTORY_FILE, history, HISTORY_FIELDS)
-        runs.write_csv(
-            run_dir / runs.PREDICTIONS_FILE,
-            prediction_rows(dataset, probs),
-            ["split", "id", "label", "probability"],
-        )
-        runs.write_json(run_dir / runs.METRICS_FILE, metrics)
-        runs.write_json(run_dir / PRUNE_FILE, record)
-        runs.write_json(run_dir / runs.RUN_FILE, info)
-    except OSError as exc:
-        raise RunError(f"cannot write to run folder '{run_dir}': {exc.strerror}") from None
-    write_explanation(
-        run_dir, model, dataset.splits["test"], probs["test"], metrics["threshold"]["value"]
-    )
-    write_report(run_dir)
-    return PruneResult(run_dir, record)

@@ -74,9 +74,8 @@ def save_threshold(run_dir: str | Path, rule: str, command: list[str] | None = N
         ConfigError, RunError, ModelError, DataError: bad rule, run, model or changed data
         (nothing is written then).
     """
-    from l1cnn.explain import write_explanation
+    from l1cnn.outputs import explain_and_report, writing_to
     from l1cnn.predict import predict_split, reload_run_data
-    from l1cnn.report import write_report
 
     choice = rechoose_threshold(run_dir, rule)
     run = runs.load_run(run_dir)
@@ -93,10 +92,7 @@ def save_threshold(run_dir: str | Path, rule: str, command: list[str] | None = N
     choice["changed_by"] = " ".join(command) if command else "l1cnn.rethreshold.save_threshold"
     choice["changed_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     metrics["threshold"] = choice
-    try:
+    with writing_to(run.path):
         runs.write_json(run.path / runs.METRICS_FILE, metrics)
-    except OSError as exc:
-        raise RunError(f"cannot write to run folder '{run.path}': {exc.strerror}") from None
-    write_explanation(run.path, run.model, dataset.splits["test"], stored["test"][1], value)
-    write_report(run.path)
+    explain_and_report(run.path, run.model, dataset.splits["test"], stored["test"][1], value)
     return metrics

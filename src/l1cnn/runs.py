@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from l1cnn.config import Config, config_from_dict, read_toml
-from l1cnn.errors import ConfigError, ModelError, RunError
+from l1cnn.errors import ConfigError, ModelError, RunError, first_line
 
 CONFIG_FILE = "config.toml"
 MODEL_FILE = "model.keras"
@@ -34,6 +34,7 @@ METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.csv"
 # The resumable per-epoch backup and the lock of a live trainer (docs/run-folder.md).
 BACKUP_FILE = "backup.npz"
+EXPLAIN_FILE = "explain.npz"  # written by l1cnn.explain, drawn by the report
 LOCK_FILE = "train.lock"
 # A run with one of these statuses is finished: `l1cnn train --resume` leaves it alone.
 FINAL_STATUSES = ("completed", "early_stopped", "diverged")
@@ -334,8 +335,9 @@ def load_model_file(path: str | Path) -> Any:
     try:
         return keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as exc:  # Keras raises many types here; all mean "unusable file"
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"model file '{path}' cannot be loaded safely: {first_line}") from None
+        raise ModelError(
+            f"model file '{path}' cannot be loaded safely: {first_line(exc)}"
+        ) from None
 
 
 def check_model_sha256(path: Path, info: dict[str, Any]) -> None:

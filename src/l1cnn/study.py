@@ -20,8 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from l1cnn import runs
 from l1cnn.config import Config, apply_overrides, config_from_dict, read_toml
 from l1cnn.errors import ConfigError, L1CNNError, RunError, TrainingError
@@ -30,8 +28,6 @@ from l1cnn.study_report import write_report
 PRESETS = ("ablation", "l1-sweep", "dropout-sweep", "all")
 L1_SWEEP = (0.0, 1e-5, 1e-4, 1e-3, 1e-2, 3e-2)
 DROPOUT_SWEEP = (0.0, 0.25, 0.5, 0.7)
-FINAL_STATUSES = ("early_stopped", "completed", "diverged")
-NEAR_ZERO = 1e-3  # |w| below this counts as "near zero" in the sparsity columns
 TRIALS_DIR = "trials"
 RESULTS_FILE = "results.csv"
 STUDY_FILE = "study.json"
@@ -181,7 +177,7 @@ def is_finished(trial: Trial) -> bool:
     run_dir = trial.run_dir
     try:
         info = runs.read_json(run_dir / runs.RUN_FILE)
-        if info.get("status") not in FINAL_STATUSES:
+        if info.get("status") not in runs.FINAL_STATUSES:
             return False
         if not (run_dir / runs.METRICS_FILE).exists() or not (run_dir / runs.MODEL_FILE).exists():
             return False
@@ -191,31 +187,26 @@ def is_finished(trial: Trial) -> bool:
     return saved.model == trial.config.model and saved.train == trial.config.train
 
 
-def sparsity(model: Any, near_zero: float = NEAR_ZERO) -> dict[str, float]:
-    """Fractions of regularized kernel weights that are near zero (|w| < near_zero) and exactly 0.
+def sparsity(model: Any) -> dict[str, float]:
+    """Fractions of regularized kernel weights that are near zero and exactly 0.
 
     Args:
         model: a Keras model built by :func:`l1cnn.model.build_model`.
-        near_zero: the threshold for "near zero".
 
     Returns:
         ``near_zero_<layer>``, ``exact_zero_<layer>`` per Conv2D/Dense layer, then ``_all``
-        over every regularized weight.
+        over every regularized weight (near zero: |w| < :data:`l1cnn.model.NEAR_ZERO`).
     """
-    from l1cnn.model import regularized_kernels
+    from l1cnn.model import kernel_sparsity
 
+    counts = kernel_sparsity(model)
     out: dict[str, float] = {}
-    near_total = zero_total = size_total = 0
-    for kernel in regularized_kernels(model):
-        w = np.asarray(kernel.numpy() if hasattr(kernel, "numpy") else kernel)
-        layer = kernel.path.split("/")[0]
-        near, zero = int(np.sum(np.abs(w) < near_zero)), int(np.sum(w == 0))
-        out[f"near_zero_{layer}"] = near / w.size
-        out[f"exact_zero_{layer}"] = zero / w.size
-        near_total, zero_total = near_total + near, zero_total + zero
-        size_total += w.size
-    out["near_zero_all"] = near_total / size_total
-    out["exact_zero_all"] = zero_total / size_total
+    for c in counts:
+        out[f"near_zero_{c.layer}"] = c.near_zero / c.weights
+        out[f"exact_zero_{c.layer}"] = c.zeros / c.weights
+    size_total = sum(c.weights for c in counts)
+    out["near_zero_all"] = sum(c.near_zero for c in counts) / size_total
+    out["exact_zero_all"] = sum(c.zeros for c in counts) / size_total
     return out
 
 
@@ -307,6 +298,26 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+def _open_study_folder(out: Path, source: str | Path, fingerprint: str) -> None:
+    """Make ``out/trials``; refuse a file there or a folder holding a study of other data."""
+    if out.exists() and not out.is_dir():
+        raise RunError(f"study folder '{out}' exists and is not a folder")
+    if (out / STUDY_FILE).exists():
+        try:
+            before = runs.read_json(out / STUDY_FILE).get("fingerprint")
+        except (OSError, ValueError):
+            before = None
+        if before is not None and before != fingerprint:
+            raise RunError(
+                f"study folder '{out}' holds a study of other data than '{source}'; "
+                "use another --out"
+            )
+    try:
+        (out / TRIALS_DIR).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunError(f"study folder '{out}' cannot be created: {exc.strerror}") from None
+
+
 def run_study(
     source: str | Path,
     base: Config,
@@ -352,22 +363,7 @@ def run_study(
     trials, reference = plan_trials(base, grid, n_seeds, fixed_epochs, out)
     # Fail on bad data before any folder is made; the fingerprint ties the folder to its data.
     fingerprint = load_data(source, base.data, base.train.seed).fingerprint()
-    if out.exists() and not out.is_dir():
-        raise RunError(f"study folder '{out}' exists and is not a folder")
-    if (out / STUDY_FILE).exists():
-        try:
-            before = runs.read_json(out / STUDY_FILE).get("fingerprint")
-        except (OSError, ValueError):
-            before = None
-        if before is not None and before != fingerprint:
-            raise RunError(
-                f"study folder '{out}' holds a study of other data than '{source}'; "
-                "use another --out"
-            )
-    try:
-        (out / TRIALS_DIR).mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise RunError(f"study folder '{out}' cannot be created: {exc.strerror}") from None
+    _open_study_folder(out, source, fingerprint)
     runs.write_json(
         out / STUDY_FILE,
         {

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import time
 from dataclasses import dataclass
@@ -10,31 +9,29 @@ from pathlib import Path
 from typing import Any
 
 import keras
-import numpy as np
 
-from l1cnn import backup, runs
-from l1cnn.config import Config, dumps_config, replace
-from l1cnn.data import Dataset, class_weights, image_read_errors, load_data, make_tf_dataset
+from l1cnn import backup, outputs, runs
+from l1cnn.config import Config, replace
+from l1cnn.data import (
+    PREDICT_CHUNK,
+    Dataset,
+    class_weights,
+    epoch_shuffle_seed,
+    image_read_errors,
+    load_data,
+    make_tf_dataset,
+)
 from l1cnn.errors import DataError, RunError, TrainingError
-from l1cnn.evaluate import compute_metrics, diagnose, threshold_choice
-from l1cnn.explain import write_explanation
-from l1cnn.loop import EarlyStopping, StepSettings, fit
-from l1cnn.model import build_model
-from l1cnn.predict import predict_split
-from l1cnn.report import write_report
-
-HISTORY_FIELDS = [
-    "epoch",
-    "loss",
-    "data_loss",
-    "l1_penalty",
-    "accuracy",
-    "val_loss",
-    "val_data_loss",
-    "val_accuracy",
-    "seconds",
-]
-PREDICT_BATCH = 512
+from l1cnn.loop import (
+    EpochCallback,
+    FitData,
+    FitResult,
+    ProgressBar,
+    StepSettings,
+    fit,
+    make_early_stopping,
+)
+from l1cnn.model import build_model, compile_model
 
 
 @dataclass
@@ -59,64 +56,6 @@ def resolve_config(config: Config, dataset: Dataset) -> Config:
         config,
         data={"image_size": height, "channels": channels, "positive_class": dataset.positive_class},
     )
-
-
-def compile_model(model: keras.Model, config: Config) -> keras.Model:
-    """Compile with the specified loss and optimizer (for our loop and ``model.fit`` users)."""
-    model.compile(
-        optimizer=keras.optimizers.RMSprop(learning_rate=config.train.learning_rate),
-        loss=keras.losses.BinaryCrossentropy(),
-        metrics=["accuracy"],
-    )
-    return model
-
-
-def make_early_stopping(config: Config) -> EarlyStopping | None:
-    """Early stopping on validation loss as configured, or None for a fixed number of epochs."""
-    if not config.train.early_stopping:
-        return None
-    return EarlyStopping(
-        monitor="val_loss",
-        patience=config.train.patience,
-        restore_best_weights=config.train.restore_best_weights,
-    )
-
-
-def score_dataset(
-    model: keras.Model, dataset: Dataset, threshold_rule: str
-) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Metrics of every split at a threshold chosen on validation; also the probabilities."""
-    probs = {name: predict_split(model, split) for name, split in dataset.splits.items()}
-    # The rule, value and a note when the rule could not be met as asked.
-    choice = threshold_choice(threshold_rule, dataset.splits["val"].labels, probs["val"])
-    threshold = choice["value"]
-    metrics: dict[str, Any] = {"threshold": choice}
-    for name, split in dataset.splits.items():
-        metrics[name] = compute_metrics(split.labels, probs[name], threshold)
-    return metrics, probs
-
-
-def prediction_rows(dataset: Dataset, probs: dict[str, np.ndarray]) -> list[dict[str, Any]]:
-    """Rows of ``predictions.csv``: validation and test probabilities with labels."""
-    return [
-        {
-            "split": name,
-            "id": split.ids[i],
-            "label": int(split.labels[i]),
-            "probability": f"{probs[name][i]:.8f}",
-        }
-        for name in ("val", "test")
-        for split in [dataset.splits[name]]
-        for i in range(len(split))
-    ]
-
-
-def epoch_shuffle_seed(seed: int, epoch: int) -> int:
-    """The training data's shuffle seed in ``epoch``: a function of (seed, epoch) alone.
-
-    So a resumed run sees the same batches in epoch k as an uninterrupted one.
-    """
-    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
 
 
 def resume(
@@ -177,6 +116,19 @@ def _resumed_info(
     return old, state
 
 
+@dataclass
+class OpenRun:
+    """A run ready to train: its data, resolved config, folder and records (the lock is held)."""
+
+    config: Config
+    dataset: Dataset
+    run_dir: Path
+    info: dict[str, Any]
+    summary: dict[str, Any]  # data.json: what the data turned out to be, with its fingerprint
+    state: backup.TrainingState | None  # the backup to go on from (resume), else None
+    started: float  # time.perf_counter() at the start, for the wall time
+
+
 def train(
     source: str | Path,
     config: Config | None = None,
@@ -207,39 +159,80 @@ def train(
             last finished epoch stay intact) or another process trains into it.
         TrainingError: the loss diverged (the run folder keeps the last good weights).
     """
-    # The run folder is locked while training; the ExitStack releases the lock however
-    # training ends. Add any new parameter to both train and _train.
-    with contextlib.ExitStack() as cleanup:
-        return _train(source, config, out, overwrite, verbose, command, resume, cleanup)
-
-
-def _train(
-    source: str | Path,
-    config: Config | None,
-    out: str | Path | None,
-    overwrite: bool,
-    verbose: bool,
-    command: list[str] | None,
-    resume: bool,
-    cleanup: contextlib.ExitStack,
-) -> TrainResult:
-    """The body of :func:`train`; ``cleanup`` holds the run folder's lock."""
+    started = (time.perf_counter(), dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
     config = config or Config()
-    started = time.perf_counter()
-    started_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     dataset = load_data(source, config.data, config.train.seed)
     config = resolve_config(config, dataset)
     run_dir = Path(out) if out is not None else runs.default_run_dir(dataset.name)
     if not resume:
         runs.prepare_run_dir(run_dir, overwrite)
-
+    # Dropout's seed generators and the initial weights draw from the global seed. The model
+    # is built before the folder is made: a network too big for the images writes nothing.
     runs.set_seed(config.train.seed)
     model = compile_model(build_model(config.model, dataset.image_shape), config)
-    weights = class_weights(dataset.splits["train"].labels, config.train.class_weight)
+    run_dir = run_dir if resume else runs.create_run_dir(run_dir, overwrite)
+    with runs.RunLock(run_dir):
+        opened = _open_run(source, config, dataset, run_dir, command, resume, started)
+        result = _fit_run(opened, model, verbose)
+        return _finish_run(opened, model, result)
 
-    # A fresh shuffle per epoch, seeded by (seed, epoch), so that a resumed run sees the
-    # same batches in epoch k as an uninterrupted one.
-    def train_ds(epoch: int) -> Any:
+
+def _open_run(
+    source: str | Path,
+    config: Config,
+    dataset: Dataset,
+    run_dir: Path,
+    command: list[str] | None,
+    resume: bool,
+    started: tuple[float, str],
+) -> OpenRun:
+    """Write the run's records (config, run.json, data, split); on resume, find its backup."""
+    info: dict[str, Any] = {
+        "status": "running",
+        "source": str(source),
+        "seed": config.train.seed,
+        "class_weight": class_weights(dataset.splits["train"].labels, config.train.class_weight),
+        "command": command,
+        "started": started[1],
+        "versions": runs.library_versions(),
+    }
+    summary = dataset.summary()
+    state = None
+    if resume:
+        info, state = _resumed_info(run_dir, summary, info)
+    outputs.write_run_records(run_dir, config, info, summary, dataset.split_ids())
+    return OpenRun(config, dataset, run_dir, info, summary, state, started[0])
+
+
+class _Backup(EpochCallback):
+    """Save weights, optimizer, RNG and early-stopping state after every finished epoch."""
+
+    def __init__(self, run_dir: Path, model: keras.Model, done: list, stopper: Any) -> None:
+        self.run_dir, self.model, self.done, self.stopper = run_dir, model, done, stopper
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
+        self.done.append(logs)
+        try:
+            state = backup.capture(self.model, self.model.optimizer, self.done, self.stopper)
+            backup.save(self.run_dir, state)
+        except OSError as exc:
+            raise RunError(
+                f"cannot write the backup of epoch {epoch} to run folder '{self.run_dir}': "
+                f"{exc.strerror}; its files from epoch {epoch - 1} are intact: fix this and run "
+                f"`l1cnn train --resume {self.run_dir}`"
+            ) from None
+
+
+def _resume_advice(run_dir: Path) -> str:
+    return f"; restore it, then `l1cnn train --resume {run_dir}` goes on from the last epoch"
+
+
+def _fit_run(opened: OpenRun, model: keras.Model, verbose: bool) -> FitResult:
+    """Our loop over the run's data, from its backup if any, with a backup after every epoch."""
+    config, dataset, state = opened.config, opened.dataset, opened.state
+    weights = opened.info["class_weight"]
+
+    def train_batches(epoch: int) -> Any:  # a fresh shuffle per epoch, seeded by (seed, epoch)
         return make_tf_dataset(
             dataset.splits["train"],
             config.train.batch_size,
@@ -248,86 +241,39 @@ def _train(
             weights=weights,
         )
 
-    val_ds = make_tf_dataset(dataset.splits["val"], PREDICT_BATCH)
-
-    summary = dataset.summary()
-    # A resumed run keeps its folder; the lock is held until training ends.
-    run_dir = run_dir if resume else runs.create_run_dir(run_dir, overwrite)
-    cleanup.enter_context(runs.RunLock(run_dir))
-    info: dict[str, Any] = {
-        "status": "running",
-        "source": str(source),
-        "seed": config.train.seed,
-        "class_weight": weights,
-        "command": command,
-        "started": started_at,
-        "versions": runs.library_versions(),
-    }
-    state = None
-    if resume:
-        info, state = _resumed_info(run_dir, summary, info)
-    try:
-        runs.atomic_write_text(run_dir / runs.CONFIG_FILE, dumps_config(config))
-        runs.write_json(run_dir / runs.RUN_FILE, info)
-        runs.write_json(run_dir / runs.DATA_FILE, summary)
-        runs.write_json(run_dir / runs.SPLIT_FILE, dataset.split_ids())
-    except OSError as exc:
-        raise RunError(f"cannot write to run folder '{run_dir}': {exc.strerror}") from None
-
-    settings = StepSettings(
-        config.model.l1_lambda, config.model.l1_mode, config.train.learning_rate
-    )
-    # Restore the backup (weights, optimizer, dropout RNG, early stopping) and write a
-    # new one after every epoch.
+    val = dataset.splits["val"]
+    data = FitData(train_batches, make_tf_dataset(val, PREDICT_CHUNK), val.labels)
     stopper = make_early_stopping(config)
-    if state is not None:
+    if state is not None:  # weights, optimizer, dropout RNG, early stopping
         backup.restore(state, model, model.optimizer, stopper)
     done = list(state.history) if state is not None else []
-
-    def save_backup(epoch: int, logs: dict[str, float]) -> None:
-        done.append(logs)
-        try:
-            backup.save(run_dir, backup.capture(model, model.optimizer, done, stopper))
-        except OSError as exc:
-            raise RunError(
-                f"cannot write the backup of epoch {epoch} to run folder '{run_dir}': "
-                f"{exc.strerror}; its files from epoch {epoch - 1} are intact: fix this and run "
-                f"`l1cnn train --resume {run_dir}`"
-            ) from None
-
+    callbacks = [ProgressBar()] if verbose else []
+    callbacks.append(_Backup(opened.run_dir, model, done, stopper))
     # Streamed images are decoded during training: one that changed since the scan stops it.
-    advice = f"; restore it, then `l1cnn train --resume {run_dir}` goes on from the last epoch"
-    with image_read_errors(advice):
-        result = fit(
+    with image_read_errors(_resume_advice(opened.run_dir)):
+        return fit(
             model,
-            model.optimizer,
-            train_ds,
-            val_ds,
-            dataset.splits["val"].labels,
-            settings,
+            data,
+            StepSettings.from_config(config),
             epochs=config.train.epochs,
             early_stopping=stopper,
-            verbose=verbose,
-            on_epoch_end=save_backup,
+            callbacks=callbacks,
             done=state.history if state is not None else None,
         )
+
+
+def _finish_run(opened: OpenRun, model: keras.Model, result: FitResult) -> TrainResult:
+    """Score, diagnose and write the finished run folder; raise if training diverged."""
+    config, run_dir, info = opened.config, opened.run_dir, opened.info
+    advice = f"(lower learning_rate, now {config.train.learning_rate:g})"
     if result.status == "diverged" and not result.history:
         info.update(status="diverged", message=result.message)
-        runs.write_json(run_dir / runs.RUN_FILE, info)
-        raise TrainingError(
-            f"{result.message}; no epoch finished, so no model was saved "
-            f"(lower learning_rate, now {config.train.learning_rate:g})"
-        )
-
-    with image_read_errors(advice):
-        metrics, probs = score_dataset(model, dataset, config.train.threshold)
-    last = result.history[-1] if result.history else {}
-    best = next((h for h in result.history if h["epoch"] == result.best_epoch), last)
-    l1_share = best["l1_penalty"] / best["loss"] if best and best.get("loss") else None
-    metrics["diagnosis"] = diagnose(
-        probs["val"], metrics["val"]["roc_auc"], l1_share, config.model.l1_lambda
-    )
-    wall = time.perf_counter() - started
+        outputs.write_run_info(run_dir, info)
+        raise TrainingError(f"{result.message}; no epoch finished, so no model was saved {advice}")
+    with image_read_errors(_resume_advice(run_dir)):
+        metrics, probs = outputs.score_dataset(model, opened.dataset, config.train.threshold)
+    outputs.add_diagnosis(metrics, probs, result.history, result.best_epoch, config.model.l1_lambda)
+    wall = time.perf_counter() - opened.started
     info.update(
         status=result.status,
         message=result.message,
@@ -336,29 +282,14 @@ def _train(
         finished=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         wall_time_s=round(wall, 3),
     )
-    try:
-        info["model_sha256"] = runs.save_model_atomic(model, run_dir / runs.MODEL_FILE)
-        runs.write_csv(run_dir / runs.HISTORY_FILE, result.history, HISTORY_FIELDS)
-        runs.write_csv(
-            run_dir / runs.PREDICTIONS_FILE,
-            prediction_rows(dataset, probs),
-            ["split", "id", "label", "probability"],
-        )
-        runs.write_json(run_dir / runs.METRICS_FILE, metrics)
-        runs.write_json(run_dir / runs.RUN_FILE, info)
-        if result.status in runs.FINAL_STATUSES:  # Finished, the backup has done its job
-            (run_dir / runs.BACKUP_FILE).unlink(missing_ok=True)
-    except OSError as exc:
-        raise RunError(f"cannot write to run folder '{run_dir}': {exc.strerror}") from None
-    # Model-dependent arrays (explain.npz), then plots and report.html / report.md.
-    write_explanation(
-        run_dir, model, dataset.splits["test"], probs["test"], metrics["threshold"]["value"]
+    outputs.write_finished_run(
+        run_dir,
+        outputs.FinishedRun(model, opened.dataset, result.history, metrics, probs, info),
     )
-    write_report(run_dir)
     if result.status == "diverged":
         raise TrainingError(
             f"{result.message}; training stopped and '{run_dir}' keeps the weights of epoch "
-            f"{result.best_epoch} (lower learning_rate, now {config.train.learning_rate:g})"
+            f"{result.best_epoch} {advice}"
         )
     return TrainResult(
         run_dir=run_dir,
@@ -368,6 +299,6 @@ def _train(
         status=result.status,
         best_epoch=result.best_epoch,
         epochs_run=result.epochs_run,
-        data=summary,
+        data=opened.summary,
         wall_time_s=wall,
     )
