@@ -351,8 +351,8 @@ def cmd_infer(args) -> None:
     import numpy as np
 
     from l1cnn import loop
+    from l1cnn.data import PREDICT_CHUNK as CHUNK
     from l1cnn.data import make_tf_dataset
-    from l1cnn.predict import CHUNK
 
     s = _setup()
     from l1cnn.config import Config

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 import logging
 import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,15 +24,22 @@ from typing import Any
 import numpy as np
 
 from l1cnn import runs
-from l1cnn.data import PREDICT_CHUNK, Split
+from l1cnn.data import Split
 from l1cnn.errors import ConfigError, ModelError, RunError, first_line
 from l1cnn.evaluate import compute_metrics
-from l1cnn.predict import PredictResult, predict_split, predict_with, reload_run_data
+from l1cnn.exported import (  # noqa: F401  (load_export, predict_export: public here too)
+    EXPORT_FILE,
+    FORMATS,
+    ExportedModel,
+    as_uint8,
+    is_export_folder,
+    load_export,
+    predict_export,
+)
+from l1cnn.predict import predict_split, reload_run_data
 
-FORMATS = ("savedmodel", "onnx", "litert")
 QUANTIZE_MODES = ("float16", "int8")
 FLOAT_TOLERANCE = 1e-4
-EXPORT_FILE = "export.json"
 ARTIFACTS = {"savedmodel": "1", "onnx": "model.onnx", "litert": "model.tflite"}
 REPRESENTATIVE_SAMPLES = 200  # training images that calibrate int8 ranges
 
@@ -92,13 +98,6 @@ def _quiet_converters() -> Iterator[None]:
     finally:
         for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
-
-
-def _as_uint8(x: np.ndarray) -> np.ndarray:
-    """0..255 pixels as uint8, rounding any float pixels (the SavedModel signature takes uint8)."""
-    if x.dtype == np.uint8:
-        return x
-    return np.clip(np.round(np.asarray(x, np.float64)), 0, 255).astype(np.uint8)
 
 
 # --------------------------------------------------------------------------- writing
@@ -189,148 +188,6 @@ def _write_artifact(
     except Exception as exc:  # converters raise many types (ConverterError, tf2onnx's own...)
         raise ModelError(f"the {options.format} converter failed: {first_line(exc)}") from None
     return target
-
-
-# --------------------------------------------------------------------------- loading
-
-
-class ExportedModel:
-    """An export folder read back: metadata plus a forward function in the format's runtime."""
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        record = self.path / EXPORT_FILE
-        if not record.exists():
-            raise RunError(f"'{self.path}' is not an l1cnn export folder (no {EXPORT_FILE})")
-        try:
-            self.info: dict[str, Any] = runs.read_json(record)
-            self.format: str = self.info["format"]
-            self.artifact = self.path / self.info["artifact"]
-        except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise RunError(f"'{record}' is unreadable: {exc}") from None
-        if self.format not in FORMATS or not self.artifact.exists():
-            raise RunError(f"'{self.path}' has no usable {self.format} artifact")
-        _require(self.format)
-        self._forward = self._load()
-
-    @property
-    def class_names(self) -> list[str]:
-        """[negative, positive] class names."""
-        return list(self.info["class_names"])
-
-    @property
-    def threshold(self) -> float:
-        """The run's decision threshold, carried by the export."""
-        return float(self.info["threshold"])
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        """(height, width, channels) the model takes."""
-        return tuple(self.info["image_shape"])  # type: ignore[return-value]
-
-    def _load(self) -> Callable[[np.ndarray], np.ndarray]:
-        try:
-            if self.format == "savedmodel":
-                return self._load_savedmodel()
-            if self.format == "onnx":
-                return self._load_onnx()
-            return self._load_litert()
-        except (OSError, ValueError, RuntimeError) as exc:
-            raise ModelError(
-                f"exported model '{self.artifact}' cannot be loaded: {first_line(exc)}"
-            ) from None
-
-    def _load_savedmodel(self) -> Callable[[np.ndarray], np.ndarray]:
-        import tensorflow as tf
-
-        signature = tf.saved_model.load(str(self.artifact)).signatures["serving_default"]
-
-        def forward(x: np.ndarray) -> np.ndarray:
-            return signature(pixels=tf.constant(_as_uint8(x)))["probability"].numpy()
-
-        return forward
-
-    def _load_onnx(self) -> Callable[[np.ndarray], np.ndarray]:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        session = ort.InferenceSession(
-            str(self.artifact), options, providers=["CPUExecutionProvider"]
-        )
-        name = session.get_inputs()[0].name
-
-        def forward(x: np.ndarray) -> np.ndarray:
-            return session.run(None, {name: np.asarray(x, np.float32)})[0].reshape(-1)
-
-        return forward
-
-    def _load_litert(self) -> Callable[[np.ndarray], np.ndarray]:
-        from ai_edge_litert.interpreter import Interpreter
-
-        runner = Interpreter(model_path=str(self.artifact)).get_signature_runner()
-        (name,) = runner.get_input_details()
-
-        def forward(x: np.ndarray) -> np.ndarray:
-            (out,) = runner(**{name: np.asarray(x, np.float32)}).values()
-            return np.asarray(out, np.float32).reshape(-1)
-
-        return forward
-
-    def predict(self, pixels: np.ndarray) -> np.ndarray:
-        """Probabilities (N,) for 0..255 pixels (N, H, W, C), in chunks."""
-        if len(pixels) == 0:
-            return np.zeros((0,), np.float32)
-        return np.concatenate(
-            [
-                self._forward(pixels[i : i + PREDICT_CHUNK])
-                for i in range(0, len(pixels), PREDICT_CHUNK)
-            ]
-        )
-
-
-def is_export_folder(path: str | Path) -> bool:
-    """True for a folder written by :func:`export_run` (it has ``export.json``)."""
-    return (Path(path) / EXPORT_FILE).is_file()
-
-
-def load_export(path: str | Path) -> ExportedModel:
-    """Read an export folder back, refusing one whose float parity check failed.
-
-    Args:
-        path: the folder :func:`export_run` wrote.
-
-    Returns:
-        An ExportedModel whose ``predict`` runs the artifact in its own runtime.
-    """
-    exported = ExportedModel(path)
-    if exported.info.get("parity", {}).get("passed") is False:
-        raise ModelError(f"export '{path}' failed its parity check (see its {EXPORT_FILE})")
-    return exported
-
-
-def predict_export(
-    path: str | Path,
-    inputs: Iterable[str | Path],
-    skip_bad_images: bool = False,
-    threshold: float | None = None,
-) -> PredictResult:
-    """Like ``l1cnn.predict.predict`` but through an exported model, with the same preprocessing.
-
-    Args:
-        path: an export folder.
-        inputs: image files, folders (searched recursively) and ``.npz`` files.
-        skip_bad_images: skip unreadable images instead of failing.
-        threshold: override the exported decision threshold.
-
-    Returns:
-        A PredictResult in input order.
-    """
-    exported = load_export(path)
-    cut = exported.threshold if threshold is None else threshold
-    return predict_with(
-        exported.predict, exported.image_shape, exported.class_names, cut, inputs, skip_bad_images
-    )
 
 
 # --------------------------------------------------------------------------- parity
@@ -467,7 +324,7 @@ def export_run(
         exported = ExportedModel(staging)
         pixels = np.asarray(test.images)  # the test split, decoded, for the parity check
         if options.format == "savedmodel":
-            pixels = _as_uint8(pixels)  # compare on exactly what the signature sees
+            pixels = as_uint8(pixels)  # compare on exactly what the signature sees
         reference = predict_split(run.model, Split(pixels, test.labels, test.ids))
         tolerance = FLOAT_TOLERANCE if options.quantize is None else None
         parity = compare_predictions(
