@@ -9,6 +9,7 @@ module is that one way, and the one place that writes a run folder's records and
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,14 +124,18 @@ class FinishedRun:
     extra_records: dict[str, Any] = field(default_factory=dict)  # file name -> JSON content
 
 
-def write_finished_run(run_dir: Path, finished: FinishedRun) -> None:
+def write_finished_run(run_dir: Path, finished: FinishedRun) -> dict[str, float]:
     """Write the model, history, predictions, metrics and ``run.json``, then explain and report.
 
     ``run.json`` is written last among the records (with the model's sha256), so a run folder
     whose ``run.json`` says finished holds a complete set; the backup is removed once the run
     has a final status. ``finished.info`` gains ``model_sha256``.
+
+    Returns:
+        Seconds spent writing the files, on the explanation and on the report.
     """
     info = finished.info
+    started = time.perf_counter()
     with writing_to(run_dir):
         info["model_sha256"] = runs.save_model_atomic(finished.model, run_dir / runs.MODEL_FILE)
         runs.write_csv(run_dir / runs.HISTORY_FILE, finished.history, HISTORY_FIELDS)
@@ -145,21 +150,32 @@ def write_finished_run(run_dir: Path, finished: FinishedRun) -> None:
         runs.write_json(run_dir / runs.RUN_FILE, info)
         if info.get("status") in runs.FINAL_STATUSES:  # finished: the backup has done its job
             (run_dir / runs.BACKUP_FILE).unlink(missing_ok=True)
-    explain_and_report(
-        run_dir,
-        finished.model,
-        finished.dataset.splits["test"],
-        finished.probs["test"],
-        finished.metrics["threshold"]["value"],
+    timings = {"writing": time.perf_counter() - started}
+    timings.update(
+        explain_and_report(
+            run_dir,
+            finished.model,
+            finished.dataset.splits["test"],
+            finished.probs["test"],
+            finished.metrics["threshold"]["value"],
+        )
     )
+    return timings
 
 
 def explain_and_report(
     run_dir: Path, model: Any, test: Split, test_probs: np.ndarray, threshold: float
-) -> None:
-    """Model-dependent arrays (``explain.npz``), then plots and ``report.html`` / ``report.md``."""
+) -> dict[str, float]:
+    """Model-dependent arrays (``explain.npz``), then plots and ``report.html`` / ``report.md``.
+
+    Returns:
+        Seconds spent on each: ``{"explanation": s, "report": s}``.
+    """
     from l1cnn.explain import write_explanation
     from l1cnn.report import write_report
 
+    started = time.perf_counter()
     write_explanation(run_dir, model, test, test_probs, threshold)
+    explained = time.perf_counter()
     write_report(run_dir)
+    return {"explanation": explained - started, "report": time.perf_counter() - explained}

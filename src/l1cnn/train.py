@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,8 @@ class TrainResult:
     epochs_run: int
     data: dict[str, Any]
     wall_time_s: float
+    # Seconds per part of the command: data, epochs, scoring, writing, explanation, report.
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 def resolve_config(config: Config, dataset: Dataset) -> Config:
@@ -162,6 +164,7 @@ def train(
     started = (time.perf_counter(), dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
     config = config or Config()
     dataset = load_data(source, config.data, config.train.seed)
+    timings = {"data": time.perf_counter() - started[0]}
     config = resolve_config(config, dataset)
     run_dir = Path(out) if out is not None else runs.default_run_dir(dataset.name)
     if not resume:
@@ -173,8 +176,10 @@ def train(
     run_dir = run_dir if resume else runs.create_run_dir(run_dir, overwrite)
     with runs.RunLock(run_dir):
         opened = _open_run(source, config, dataset, run_dir, command, resume, started)
+        fitted = time.perf_counter()
         result = _fit_run(opened, model, verbose)
-        return _finish_run(opened, model, result)
+        timings["epochs"] = time.perf_counter() - fitted
+        return _finish_run(opened, model, result, timings)
 
 
 def _open_run(
@@ -262,7 +267,9 @@ def _fit_run(opened: OpenRun, model: keras.Model, verbose: bool) -> FitResult:
         )
 
 
-def _finish_run(opened: OpenRun, model: keras.Model, result: FitResult) -> TrainResult:
+def _finish_run(
+    opened: OpenRun, model: keras.Model, result: FitResult, timings: dict[str, float]
+) -> TrainResult:
     """Score, diagnose and write the finished run folder; raise if training diverged."""
     config, run_dir, info = opened.config, opened.run_dir, opened.info
     advice = f"(lower learning_rate, now {config.train.learning_rate:g})"
@@ -270,9 +277,11 @@ def _finish_run(opened: OpenRun, model: keras.Model, result: FitResult) -> Train
         info.update(status="diverged", message=result.message)
         outputs.write_run_info(run_dir, info)
         raise TrainingError(f"{result.message}; no epoch finished, so no model was saved {advice}")
+    scoring = time.perf_counter()
     with image_read_errors(_resume_advice(run_dir)):
         metrics, probs = outputs.score_dataset(model, opened.dataset, config.train.threshold)
     outputs.add_diagnosis(metrics, probs, result.history, result.best_epoch, config.model.l1_lambda)
+    timings["scoring"] = time.perf_counter() - scoring
     wall = time.perf_counter() - opened.started
     info.update(
         status=result.status,
@@ -282,7 +291,7 @@ def _finish_run(opened: OpenRun, model: keras.Model, result: FitResult) -> Train
         finished=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         wall_time_s=round(wall, 3),
     )
-    outputs.write_finished_run(
+    timings |= outputs.write_finished_run(
         run_dir,
         outputs.FinishedRun(model, opened.dataset, result.history, metrics, probs, info),
     )
@@ -301,4 +310,5 @@ def _finish_run(opened: OpenRun, model: keras.Model, result: FitResult) -> Train
         epochs_run=result.epochs_run,
         data=opened.summary,
         wall_time_s=wall,
+        timings=timings,
     )
