@@ -29,7 +29,7 @@ from l1cnn.explain import write_explanation
 from l1cnn.loop import StepSettings, fit
 from l1cnn.model import regularized_kernels
 from l1cnn.predict import reload_run_data
-from l1cnn.report import write_report
+from l1cnn.reporting import write_report
 from l1cnn.train import (
     HISTORY_FIELDS,
     PREDICT_BATCH,

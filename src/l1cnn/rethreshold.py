@@ -76,7 +76,7 @@ def save_threshold(run_dir: str | Path, rule: str, command: list[str] | None = N
     """
     from l1cnn.explain import write_explanation
     from l1cnn.predict import predict_split, reload_run_data
-    from l1cnn.report import write_report
+    from l1cnn.reporting import write_report
 
     choice = rechoose_threshold(run_dir, rule)
     run = runs.load_run(run_dir)

@@ -21,7 +21,7 @@ from l1cnn.explain import write_explanation
 from l1cnn.loop import EarlyStopping, StepSettings, fit
 from l1cnn.model import build_model
 from l1cnn.predict import predict_split
-from l1cnn.report import write_report
+from l1cnn.reporting import write_report
 
 HISTORY_FIELDS = [
     "epoch",
