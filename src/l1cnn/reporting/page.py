@@ -50,6 +50,7 @@ figcaption { color: #555; font-size: 13px; margin-top: 6px; }
 figcaption b { color: #222; }
 pre { background: #fff; padding: 12px 16px; border-radius: 8px; overflow-x: auto;
       box-shadow: 0 1px 3px rgba(0,0,0,.08); font-size: 13px; }
+.scroll { overflow-x: auto; padding-bottom: 4px; }
 .two { display: grid; grid-template-columns: 1fr 1fr; gap: 16px; align-items: start; }
 @media (max-width: 900px) { .two { grid-template-columns: 1fr; } }
 footer { color: #888; font-size: 12px; margin-top: 36px; }
@@ -97,6 +98,11 @@ def html_table(
             cells.append(f"<td{cls}>{text}</td>")
         out.append("<tr>" + "".join(cells) + "</tr>")
     return "\n".join(out) + "</table>"
+
+
+def scrolling(table: str) -> str:
+    """A table wider than the page, scrolled sideways in place instead of overflowing."""
+    return f'<div class="scroll">{table}</div>'
 
 
 def md_table(head: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:

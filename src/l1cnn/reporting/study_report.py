@@ -16,6 +16,7 @@ from l1cnn.reporting.page import (
     heading,
     html_table,
     md_table,
+    scrolling,
     section,
     write_file,
     write_page,
@@ -142,7 +143,7 @@ def study_parts(
         heading("l1cnn study", sub),
         section(
             "Per configuration (mean ± sd [95% CI])",
-            html_table(rows[0], rows[1:], range(2, len(rows[0]))),
+            scrolling(html_table(rows[0], rows[1:], range(2, len(rows[0])))),
             section(
                 "Sparsity and epochs",
                 html_table(srows[0], srows[1:], range(1, len(srows[0]))),
@@ -150,7 +151,11 @@ def study_parts(
             ),
         ),
         f"<h2>Paired differences against <code>{html.escape(reference)}</code></h2>\n"
-        + (html_table(drows[0], drows[1:], diff_cols) if len(drows) > 1 else "<p>(none yet)</p>"),
+        + (
+            scrolling(html_table(drows[0], drows[1:], diff_cols))
+            if len(drows) > 1
+            else "<p>(none yet)</p>"
+        ),
         section("Verdict", f"<p>{html.escape(verdict_text)}</p>"),
         figure_grid(figure_html(p, p, wide=True) for p in plots),
     ]
