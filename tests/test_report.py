@@ -19,7 +19,7 @@ from l1cnn.errors import ConfigError, RunError
 from l1cnn.evaluate import choose_threshold, compute_metrics
 from l1cnn.explain import WEIGHT_EDGES, confidently_wrong, explain, weight_histograms
 from l1cnn.predict import predict_split, reload_run_data
-from l1cnn.report import PLOTS_DIR, read_run_files, write_comparison, write_report
+from l1cnn.reporting import PLOTS_DIR, read_run_files, write_comparison, write_report
 from l1cnn.rethreshold import rechoose_threshold, save_threshold, stored_predictions
 from l1cnn.runs import read_csv, write_csv
 
@@ -84,13 +84,19 @@ def test_metrics_json_has_the_full_metric_set(trained_run: Path) -> None:
         assert m["ci"]["n_resamples"] == 1000 and len(m["ci"]["accuracy"]) == 2
 
 
+def _source(module: str) -> Path:
+    """The file of an l1cnn module or package (``__init__.py``); may not exist."""
+    base = SRC / module.replace(".", "/")
+    return base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
+
+
 def _module_level_imports(module: str) -> set[str]:
     """Modules imported at module level by ``module`` and, recursively, by the l1cnn ones."""
     seen: set[str] = set()
     todo = [module]
     while todo:
         name = todo.pop()
-        path = SRC / (name.replace(".", "/") + ".py")
+        path = _source(name)
         for node in ast.parse(path.read_text()).body:  # top level only: lazy imports are fine
             found = (
                 [a.name for a in node.names]
@@ -102,17 +108,23 @@ def _module_level_imports(module: str) -> set[str]:
             for mod in found:
                 if mod not in seen:
                     seen.add(mod)
-                    own = SRC / (mod.replace(".", "/") + ".py")
-                    if mod.startswith("l1cnn.") and own.exists():
+                    if mod.startswith("l1cnn.") and _source(mod).exists():
                         todo.append(mod)
     return seen
 
 
-@pytest.mark.parametrize("module", ["l1cnn.report", "l1cnn.rethreshold", "l1cnn.evaluate"])
+@pytest.mark.parametrize("module", ["l1cnn.reporting", "l1cnn.rethreshold", "l1cnn.evaluate"])
 def test_report_side_imports_no_tensorflow(module: str) -> None:
     imported = _module_level_imports(module)
     assert not {m for m in imported if m.split(".")[0] in ("tensorflow", "keras")}
     assert "l1cnn.explain" not in imported and "l1cnn.train" not in imported
+
+
+def test_reporting_imports_matplotlib_only_to_draw_and_nothing_above_it() -> None:
+    imported = _module_level_imports("l1cnn.reporting")
+    assert "l1cnn.reporting.study_report" in imported  # the walk reached the whole package
+    assert not {m for m in imported if m.split(".")[0] == "matplotlib"}
+    assert not imported & {"l1cnn.train", "l1cnn.prune", "l1cnn.study", "l1cnn.cli"}
 
 
 def test_explanation_arrays_match_the_model_and_data(trained_run: Path) -> None:

@@ -1,4 +1,4 @@
-"""l1cnn.study_report on constructed results rows: statistics, generated verdict, files."""
+"""The study report (l1cnn.reporting) on constructed results rows: statistics, verdict, files."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from l1cnn import stats, study_report
+from l1cnn import stats
+from l1cnn.reporting import study_plots, study_stats, write_study_report
 from l1cnn.runs import read_csv, write_csv
 
 SEEDS = (42, 43, 44)
@@ -68,7 +69,7 @@ def constructed_rows() -> list[dict[str, Any]]:
 
 
 def test_configuration_stats_means_intervals_and_paired_differences() -> None:
-    table = {c.name: c for c in study_report.configuration_stats(constructed_rows(), "spec")}
+    table = {c.name: c for c in study_stats.configuration_stats(constructed_rows(), "spec")}
     assert list(table) == ["spec", "no-l1", "no-dropout", "l1=0.001", "no-es"]
     spec = table["spec"]
     assert spec.seeds == list(SEEDS)
@@ -86,7 +87,7 @@ def test_configuration_stats_means_intervals_and_paired_differences() -> None:
 
 
 def test_verdict_is_generated_from_the_rules() -> None:
-    text = study_report.verdict(constructed_rows(), "spec")
+    text = study_stats.verdict(constructed_rows(), "spec")
     assert "Turning L1 off ('no-l1') changed test ROC-AUC by +0.051" in text
     assert "so L1 hurt on this metric" in text
     assert "so dropout made no difference beyond the seed-to-seed spread" in text
@@ -99,7 +100,7 @@ def test_verdict_is_generated_from_the_rules() -> None:
 
 def test_verdict_with_one_seed_says_nothing_can_be_concluded() -> None:
     rows = [r for r in constructed_rows() if r["seed"] == 42]
-    text = study_report.verdict(rows, "spec")
+    text = study_stats.verdict(rows, "spec")
     assert "nothing can be concluded" in text
     assert "could not be judged (too few seeds)" in text
     assert "Clearly" not in text
@@ -107,12 +108,12 @@ def test_verdict_with_one_seed_says_nothing_can_be_concluded() -> None:
 
 def test_verdict_without_reference_trials() -> None:
     rows = [r for r in constructed_rows() if r["configuration"] != "spec"]
-    text = study_report.verdict(rows, "spec")
+    text = study_stats.verdict(rows, "spec")
     assert text.startswith("No verdict")
 
 
 def test_describe_change_names_each_difference() -> None:
-    describe = study_report.describe_change
+    describe = study_stats.describe_change
     assert describe({**SPEC, "l1_lambda": 0.0}, SPEC) == "without L1"
     assert describe({**SPEC, "l1_lambda": 1e-4}, SPEC) == "l1_lambda=0.0001"
     assert describe({**SPEC, "dropout_rate": 0.25, "l1_mode": "proximal"}, SPEC) == (
@@ -127,8 +128,8 @@ def test_rows_read_back_from_csv_give_the_same_statistics(tmp_path: Path) -> Non
     rows = constructed_rows()
     write_csv(tmp_path / "results.csv", rows, list(rows[0]))
     again = read_csv(tmp_path / "results.csv")  # every value is a string now
-    a = study_report.configuration_stats(rows, "spec")
-    b = study_report.configuration_stats(again, "spec")
+    a = study_stats.configuration_stats(rows, "spec")
+    b = study_stats.configuration_stats(again, "spec")
     for x, y in zip(a, b, strict=True):
         assert x.settings == y.settings
         assert x.collapsed == y.collapsed
@@ -150,7 +151,7 @@ def test_write_report_writes_markdown_html_and_plots(tmp_path: Path) -> None:
         "finished": 15,
         "planned": 15,
     }
-    files = study_report.write_report(tmp_path, constructed_rows(), "spec", curves, meta)
+    files = write_study_report(tmp_path, constructed_rows(), "spec", curves, meta)
     names = sorted(p.name for p in files)
     assert names == ["curves.png", "l1_sweep.png", "metrics.png", "study.html", "summary.md"]
     for png in ("curves.png", "l1_sweep.png", "metrics.png"):
@@ -169,17 +170,17 @@ def test_write_report_writes_markdown_html_and_plots(tmp_path: Path) -> None:
 
 def test_l1_plot_needs_two_lambda_values(tmp_path: Path) -> None:
     rows = [r for r in constructed_rows() if r["configuration"] in ("spec", "no-dropout")]
-    table = study_report.configuration_stats(rows, "spec")
-    assert not study_report.plot_l1(table, "spec", tmp_path / "l1.png")
+    table = study_stats.configuration_stats(rows, "spec")
+    assert not study_plots.plot_l1(table, "spec", tmp_path / "l1.png")
     assert not (tmp_path / "l1.png").exists()
-    series = study_report.l1_series(
-        study_report.configuration_stats(constructed_rows(), "spec"), "spec"
+    series = study_stats.l1_series(
+        study_stats.configuration_stats(constructed_rows(), "spec"), "spec"
     )
     assert [c.name for c in series] == ["no-l1", "l1=0.001", "spec"]  # sorted by l1_lambda
 
 
 def test_verdict_names_the_best_l1_lambda() -> None:
-    text = study_report.verdict(constructed_rows(), "spec")
+    text = study_stats.verdict(constructed_rows(), "spec")
     assert (
         "l1_lambda=0 ('no-l1') gave the highest mean test ROC-AUC (0.901 ± 0.051 [0.774, 1.028])"
     ) in text
@@ -214,7 +215,7 @@ def test_verdict_rejudges_techniques_when_the_specified_model_collapsed() -> Non
                 epochs=20,
             )
         )
-    text = study_report.verdict(rows, "spec")
+    text = study_stats.verdict(rows, "spec")
     assert "so dropout made no difference beyond the seed-to-seed spread" in text  # vs spec
     assert "The specified model collapsed on every seed" in text
     after = text.split("Judged instead against 'no-l1'")[1]

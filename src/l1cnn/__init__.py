@@ -21,7 +21,7 @@ from l1cnn.export import export_run  # noqa: E402
 from l1cnn.model import build_model  # noqa: E402
 from l1cnn.predict import evaluate_run, predict  # noqa: E402
 from l1cnn.prune import prune_run  # noqa: E402
-from l1cnn.report import write_report  # noqa: E402
+from l1cnn.reporting import write_report  # noqa: E402
 from l1cnn.runs import Run, load_run  # noqa: E402
 from l1cnn.study import run_study  # noqa: E402
 from l1cnn.train import TrainResult, resume, train  # noqa: E402

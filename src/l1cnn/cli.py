@@ -661,7 +661,7 @@ def cmd_study(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from l1cnn.report import EXPLAIN_FILE, write_report
+    from l1cnn.reporting import EXPLAIN_FILE, write_report
     from l1cnn.runs import check_is_run
 
     run = check_is_run(args.run)
@@ -685,7 +685,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from l1cnn.report import write_comparison
+    from l1cnn.reporting import write_comparison
 
     print(f"Compare:  {write_comparison(args.runs, args.out)}")
     return 0

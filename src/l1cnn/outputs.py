@@ -172,7 +172,7 @@ def explain_and_report(
         Seconds spent on each: ``{"explanation": s, "report": s}``.
     """
     from l1cnn.explain import write_explanation
-    from l1cnn.report import write_report
+    from l1cnn.reporting import write_report
 
     started = time.perf_counter()
     write_explanation(run_dir, model, test, test_probs, threshold)

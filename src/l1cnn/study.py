@@ -4,7 +4,7 @@ Each trial is an ordinary run folder (``OUT/trials/<configuration>/seed-<seed>``
 :func:`l1cnn.train.train`, so every trial of a seed shares the split. The study is resumable: a
 trial whose folder holds a final status, ``metrics.json`` and the same model/train config is
 kept; any other is trained again. Statistics and plots live in ``l1cnn.stats`` and
-``l1cnn.study_report`` (no TensorFlow there).
+``l1cnn.reporting`` (no TensorFlow there).
 """
 
 from __future__ import annotations
@@ -20,10 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from l1cnn import runs
+from l1cnn import reporting, runs
 from l1cnn.config import Config, apply_overrides, config_from_dict, read_toml
 from l1cnn.errors import ConfigError, L1CNNError, RunError, TrainingError
-from l1cnn.study_report import write_report
 
 PRESETS = ("ablation", "l1-sweep", "dropout-sweep", "all")
 L1_SWEEP = (0.0, 1e-5, 1e-4, 1e-3, 1e-2, 3e-2)
@@ -414,7 +413,7 @@ def write_study_report(
         "finished": len(result.rows),
         "planned": len(trials),
     }
-    return write_report(out, result.rows, result.reference, curves, meta)
+    return reporting.write_study_report(out, result.rows, result.reference, curves, meta)
 
 
 def collect_rows(trials: list[Trial], out: Path, result: StudyResult) -> list[dict[str, Any]]:
