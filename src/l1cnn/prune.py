@@ -21,9 +21,9 @@ import keras
 import numpy as np
 
 from l1cnn import runs
-from l1cnn.config import dumps_config
+from l1cnn.config import PruneOptions, dumps_config
 from l1cnn.data import class_weights, image_read_errors, make_tf_dataset
-from l1cnn.errors import ConfigError, RunError
+from l1cnn.errors import RunError
 from l1cnn.evaluate import diagnose
 from l1cnn.explain import write_explanation
 from l1cnn.loop import StepSettings, fit
@@ -43,32 +43,8 @@ PRUNE_FILE = "prune.json"
 SUMMARY_METRICS = ("accuracy", "roc_auc", "f1", "loss")
 
 
-@dataclass(frozen=True)
-class PruneOptions:
-    """How to prune: a fraction per layer (``sparsity``) or an absolute ``threshold``."""
-
-    sparsity: float | None = None
-    threshold: float | None = None
-    fine_tune_epochs: int = 0
-
-    def __post_init__(self) -> None:
-        if (self.sparsity is None) == (self.threshold is None):
-            raise ConfigError("give exactly one of --sparsity or --threshold")
-        if self.sparsity is not None and not 0 <= self.sparsity < 1:
-            raise ConfigError(f"--sparsity must be in [0, 1), got {self.sparsity}")
-        if self.threshold is not None and not self.threshold > 0:
-            raise ConfigError(f"--threshold must be > 0, got {self.threshold}")
-        if self.fine_tune_epochs < 0:
-            raise ConfigError(f"--fine-tune-epochs must be >= 0, got {self.fine_tune_epochs}")
-
-    @property
-    def name(self) -> str:
-        """Short name for the default run folder, e.g. ``s0.9`` or ``t0.001``."""
-        return f"s{self.sparsity:g}" if self.sparsity is not None else f"t{self.threshold:g}"
-
-
 def magnitude_mask(kernel: np.ndarray, options: PruneOptions) -> np.ndarray:
-    """True where a weight is kept: all but the ``sparsity`` smallest, or those >= threshold.
+    """True where a weight is kept: all but the ``sparsity`` smallest, or those >= min_magnitude.
 
     Args:
         kernel: one layer's kernel.
@@ -78,8 +54,8 @@ def magnitude_mask(kernel: np.ndarray, options: PruneOptions) -> np.ndarray:
         A boolean array of the kernel's shape.
     """
     magnitude = np.abs(kernel).reshape(-1)
-    if options.threshold is not None:
-        keep = magnitude >= options.threshold
+    if options.min_magnitude is not None:
+        keep = magnitude >= options.min_magnitude
     else:
         n_zero = int(np.floor(options.sparsity * magnitude.size))
         keep = np.ones(magnitude.size, bool)
@@ -277,7 +253,7 @@ def prune_run(
         "source_run": str(run.path),
         "rule": {
             "sparsity": options.sparsity,
-            "threshold": options.threshold,
+            "min_magnitude": options.min_magnitude,
             "scope": "per layer" if options.sparsity is not None else "absolute |w|",
             "weights": "Conv2D and Dense kernels (biases kept)",
         },
