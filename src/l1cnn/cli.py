@@ -47,6 +47,17 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> typing.NoReturn:
         self.exit(EXIT_BAD_INPUT, f"error: {message} (see `{self.prog} --help`)\n")
 
+    def parse_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: Any = None
+    ) -> argparse.Namespace:
+        """Like argparse's, but an unknown option is blamed on the subcommand that got it."""
+        parsed, extra = self.parse_known_args(args, namespace)
+        if extra:
+            command = getattr(parsed, "command", None)
+            prog = f"{self.prog} {command}" if command else self.prog
+            _Parser(prog=prog).error(f"unrecognized arguments: {' '.join(extra)}")
+        return parsed
+
 
 def _cfg_dest(section: str) -> Any:
     return lambda name: f"cfg__{section}__{name}"
