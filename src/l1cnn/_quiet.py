@@ -76,9 +76,11 @@ _FINDER = QuietTensorFlowFinder()
 
 
 def install() -> None:
-    """Make the first import of TensorFlow quiet (no-op if it is imported already)."""
-    if "tensorflow" not in sys.modules and _FINDER not in sys.meta_path:
-        sys.meta_path.insert(0, _FINDER)
+    """Ask for oneDNN and make the first import of TensorFlow quiet (no-op once it is imported)."""
+    if "tensorflow" not in sys.modules:
+        os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # visible at once, as users expect
+        if _FINDER not in sys.meta_path:
+            sys.meta_path.insert(0, _FINDER)
 
 
 def uninstall() -> None:
