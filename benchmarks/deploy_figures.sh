@@ -24,7 +24,7 @@ for run in xray-penalty xray-proximal; do
         $L prune "$R/$run" --sparsity $s --fine-tune-epochs 3 --quiet --overwrite \
             --out "$R/$run-pruned-s$s-ft3"
     done
-    $L prune "$R/$run" --threshold 1e-3 --quiet --overwrite
+    $L prune "$R/$run" --min-magnitude 1e-3 --quiet --overwrite
 done
 .venv/bin/python benchmarks/prune_table.py "$R"
 .venv/bin/python benchmarks/serve_load.py "$R/xray-penalty" --requests 2000 --clients 8

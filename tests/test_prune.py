@@ -27,21 +27,21 @@ def test_magnitude_mask_by_fraction_and_by_threshold():
     keep = magnitude_mask(kernel, PruneOptions(sparsity=0.5))
     assert keep.shape == kernel.shape and keep.sum() == 3
     np.testing.assert_array_equal(keep, np.abs(kernel) >= 0.2)
-    keep = magnitude_mask(kernel, PruneOptions(threshold=0.04))
+    keep = magnitude_mask(kernel, PruneOptions(min_magnitude=0.04))
     np.testing.assert_array_equal(keep, np.abs(kernel) >= 0.04)
     # Ties are broken so that exactly floor(sparsity * n) weights go.
     assert magnitude_mask(np.zeros((10,)), PruneOptions(sparsity=0.35)).sum() == 7
 
 
 def test_bad_prune_options_are_refused():
-    with pytest.raises(ConfigError, match="exactly one of --sparsity or --threshold"):
+    with pytest.raises(ConfigError, match="exactly one of --sparsity or --min-magnitude"):
         PruneOptions()
     with pytest.raises(ConfigError, match="exactly one"):
-        PruneOptions(sparsity=0.5, threshold=1e-3)
+        PruneOptions(sparsity=0.5, min_magnitude=1e-3)
     with pytest.raises(ConfigError, match=r"--sparsity must be in \[0, 1\)"):
         PruneOptions(sparsity=1.0)
-    with pytest.raises(ConfigError, match="--threshold must be > 0"):
-        PruneOptions(threshold=0)
+    with pytest.raises(ConfigError, match="--min-magnitude must be > 0"):
+        PruneOptions(min_magnitude=0)
     with pytest.raises(ConfigError, match="--fine-tune-epochs must be >= 0"):
         PruneOptions(sparsity=0.5, fine_tune_epochs=-1)
 
@@ -76,7 +76,7 @@ def test_prune_without_fine_tuning_writes_a_smaller_run(trained_run, tmp_path):
 @pytest.mark.slow
 def test_fine_tuning_keeps_the_zeros_fixed(trained_run, tmp_path):
     dense = load_run(trained_run).model
-    options = PruneOptions(threshold=0.05, fine_tune_epochs=2)
+    options = PruneOptions(min_magnitude=0.05, fine_tune_epochs=2)
     result = prune_run(trained_run, options, out=tmp_path / "ft")
     run = load_run(result.run_dir)
     history = (result.run_dir / "history.csv").read_text().splitlines()
@@ -111,6 +111,6 @@ def test_cli_prune_and_its_errors(trained_run, tmp_path, capsys):
     assert main(["prune", str(trained_run), "--sparsity", "0.8", "--out", str(out)]) == 2
     assert "already exists" in capsys.readouterr().err
     assert main(["prune", str(trained_run), "--out", str(tmp_path / "x")]) == 2
-    assert "exactly one of --sparsity or --threshold" in capsys.readouterr().err
+    assert "exactly one of --sparsity or --min-magnitude" in capsys.readouterr().err
     with pytest.raises(RunError, match="its own folder"):
         prune_run(trained_run, PruneOptions(sparsity=0.5), out=Path(trained_run), overwrite=True)

@@ -1,7 +1,9 @@
 """The ``l1cnn`` command: parses arguments, calls the library, prints results.
 
 Only this module prints results or exits; every library error becomes one ``error: ...`` line
-with exit status 2 (1 when training itself failed), never a traceback.
+with exit status 2 (1 when training itself failed), never a traceback. Each command has its
+parser builder beside its ``cmd_*`` function. The library is imported inside each ``cmd_*``,
+after every check that needs no model, so ``--help`` and bad input answer without TensorFlow.
 """
 
 from __future__ import annotations
@@ -12,311 +14,90 @@ import io
 import json
 import os
 import sys
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from l1cnn import __version__
-from l1cnn.config import KEY_HELP, load_config, option_help
-from l1cnn.errors import ConfigError, L1CNNError, RunError, TrainingError
+from l1cnn.config import (
+    SECTIONS,
+    ExportOptions,
+    PruneOptions,
+    ServeLimits,
+    load_config,
+    parse_threshold_rule,
+)
+from l1cnn.errors import ConfigError, DataError, L1CNNError, RunError, TrainingError
+from l1cnn.options import add_options, base_type, field_types, flag, options_from_args
+from l1cnn.runs import check_is_run
+from l1cnn.version import __version__
 
 EXIT_BAD_INPUT = 2
 EXIT_TRAINING_FAILED = 1
 EXIT_INTERRUPTED = 130
 METRIC_NAMES = ("accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc", "loss")
+DIGITS = "digits"  # the bundled data set's name (l1cnn.data.DIGITS)
+
+Subparsers = Any  # argparse's _SubParsersAction
 
 
-def _quiet_tensorflow() -> None:
-    """Keep TensorFlow's C++ start-up chatter out of the user's terminal (unless asked for)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
+class _Parser(argparse.ArgumentParser):
+    """argparse with the house's one-line ``error: ...`` for a bad command line (exit 2)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(EXIT_BAD_INPUT, f"error: {message} (see `{self.prog} --help`)\n")
+
+    def parse_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: Any = None
+    ) -> argparse.Namespace:
+        """Like argparse's, but an unknown option is blamed on the subcommand that got it."""
+        parsed, extra = self.parse_known_args(args, namespace)
+        if extra:
+            command = getattr(parsed, "command", None)
+            prog = f"{self.prog} {command}" if command else self.prog
+            _Parser(prog=prog).error(f"unrecognized arguments: {' '.join(extra)}")
+        return parsed
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+def _cfg_dest(section: str) -> Any:
+    return lambda name: f"cfg__{section}__{name}"
 
 
-# Keys whose unset value is not "decided automatically", and keys whose value is a path.
-NONE_MEANS = {"cache": "none, decode every epoch"}
-METAVARS = {"cache": "DIR"}
-
-
-def _add_config_options(parser: argparse.ArgumentParser) -> None:
-    """One option per config key, defaulting to "not given" so the config file can set it."""
+def _add_config_options(parser: argparse.ArgumentParser, set_help: str) -> None:
+    """--config, --set and one option per config key, left out unless given (a file may set it)."""
     parser.add_argument("--config", metavar="FILE", help="TOML config file (see configs/)")
     parser.add_argument(
-        "--set",
-        metavar="KEY=VALUE",
-        action="append",
-        default=[],
-        dest="overrides",
-        help="override any config key, e.g. --set l1_lambda=0.001 (repeatable)",
+        "--set", metavar="KEY=VALUE", action="append", default=[], dest="overrides", help=set_help
     )
-    groups = {}
-    for section, name, default, type_name in option_help():
-        if section not in groups:
-            groups[section] = parser.add_argument_group(f"[{section}] config keys")
-        shown = (
-            NONE_MEANS.get(name, "auto")
-            if default is None
-            else (",".join(map(str, default)) if isinstance(default, tuple) else default)
-        )
-        metavar = "N,N,..." if type_name.startswith("tuple") else type_name.split(" ")[0].upper()
-        metavar = METAVARS.get(name, metavar)
-        kwargs: dict[str, Any] = {
-            "dest": f"cfg__{section}__{name}",
-            "default": argparse.SUPPRESS,
-            "metavar": metavar,
-            "help": f"{KEY_HELP.get(name, '')} (default: {shown})".strip(),
-        }
-        if type_name == "bool":
-            kwargs.update(nargs="?", const="true", metavar="true|false")
-        groups[section].add_argument(_flag(name), **kwargs)
+    for section, cls in SECTIONS.items():
+        group = parser.add_argument_group(f"[{section}] config keys")
+        add_options(group, cls, dest=_cfg_dest(section), as_text=True)
 
 
 def _config_from_args(args: argparse.Namespace) -> Any:
+    """The Config of --config, then --set, then the --KEY options (as TOML text overrides)."""
     overrides = list(args.overrides)
-    types_ = {(s, n): t for s, n, _, t in option_help()}
     for key, value in vars(args).items():
         if not key.startswith("cfg__"):
             continue
         _, section, name = key.split("__")
-        if types_[(section, name)].startswith("tuple") and not str(value).startswith("["):
+        tp = base_type(field_types(SECTIONS[section])[name])
+        if typing.get_origin(tp) is tuple and not str(value).startswith("["):
             value = f"[{value}]"
-        elif types_[(section, name)] in ("str", "str | None"):
+        elif tp is str:
             value = json.dumps(str(value))  # TOML basic string
         overrides.append(f"{section}.{name}={value}")
     return load_config(args.config, overrides)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser for every subcommand."""
-    parser = argparse.ArgumentParser(
-        prog="l1cnn",
-        description="Train, evaluate and use a small L1-regularized CNN for two-class images.",
-    )
-    parser.add_argument("--version", action="version", version=f"l1cnn {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def _check_data(data: str | None) -> None:
+    """Refuse a missing DATA path before the data module (and TensorFlow) is imported."""
+    if data is not None and data != DIGITS and not Path(data).exists():
+        raise DataError(f"data path '{Path(data)}' does not exist")
 
-    p = sub.add_parser(
-        "train",
-        help="train on DATA and write a run folder",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=(
-            "Train the specified network on DATA: 'digits' (bundled), a .npz file "
-            "(train_images/train_labels... or x/y), or a folder of two class folders "
-            "(optionally inside train/ val/ test/).\n"
-            "Config precedence: defaults < --config FILE < --set KEY=VALUE < --KEY VALUE."
-        ),
-    )
-    p.add_argument(
-        "data",
-        metavar="DATA",
-        nargs="?",
-        help="'digits', a .npz file, or a folder of class folders",
-    )
-    # Resume a killed or interrupted run.
-    p.add_argument(
-        "--resume",
-        metavar="RUN",
-        help="continue the unfinished run RUN from its last finished epoch, with its "
-        "own data and config (a finished run is left as it is)",
-    )
-    p.add_argument("--out", metavar="DIR", help="run folder (default: runs/<data>-<time>)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    _add_config_options(p)
 
-    p = sub.add_parser("evaluate", help="metrics of a saved run on its test split or other data")
+def _add_run_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", metavar="RUN", help="run folder")
-    p.add_argument(
-        "--data",
-        metavar="DATA",
-        help="evaluate on this data instead (its test split if it has one, else all)",
-    )
-    p.add_argument(
-        "--skip-bad-images",
-        action="store_true",
-        help="with --data: skip unreadable images with a warning instead of failing",
-    )
-    p.add_argument(
-        "--threshold",
-        metavar="RULE",
-        help="a number, or f1, youden, recall=X, precision=X: re-chosen on the run's "
-        "validation predictions (default: the run's threshold)",
-    )
-    p.add_argument(
-        "--save",
-        action="store_true",
-        help="make the --threshold the run's own (metrics.json, report; predict uses it)",
-    )
-    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
-
-    p = sub.add_parser("predict", help="predict image files, folders or .npz arrays")
-    p.add_argument("run", metavar="RUN", help="run folder, or a folder written by l1cnn export")
-    p.add_argument(
-        "inputs",
-        metavar="IMAGE_OR_FOLDER",
-        nargs="+",
-        help="image files, folders (recursive) or .npz files",
-    )
-    p.add_argument("--output", metavar="CSV", help="write the CSV here (default: stdout)")
-    p.add_argument(
-        "--skip-bad-images",
-        action="store_true",
-        help="skip unreadable images with a warning instead of failing",
-    )
-    p.add_argument(
-        "--threshold", type=float, metavar="P", help="decision threshold (default: the run's)"
-    )
-
-    # Export, prune, serve
-    p = sub.add_parser("export", help="export a run (SavedModel, ONNX, LiteRT) and check parity")
-    p.add_argument("run", metavar="RUN", help="run folder")
-    p.add_argument(
-        "--format",
-        required=True,
-        choices=["savedmodel", "onnx", "litert"],
-        help="savedmodel (TF Serving), onnx (onnxruntime) or litert (TFLite)",
-    )
-    p.add_argument(
-        "--quantize",
-        choices=["float16", "int8"],
-        help="LiteRT post-training quantization (int8 calibrates on training images)",
-    )
-    p.add_argument("--out", metavar="DIR", help="export folder (default: RUN/export-FORMAT)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing export folder")
-
-    p = sub.add_parser("prune", help="zero the smallest weights of a run and write a new run")
-    p.add_argument("run", metavar="RUN", help="run folder")
-    how = p.add_mutually_exclusive_group()
-    how.add_argument(
-        "--sparsity",
-        type=float,
-        metavar="F",
-        help="fraction of each layer's kernel weights to zero, e.g. 0.9",
-    )
-    how.add_argument(
-        "--threshold",
-        type=float,
-        metavar="T",
-        help="zero every kernel weight with |w| < T, e.g. 1e-3",
-    )
-    p.add_argument(
-        "--fine-tune-epochs",
-        type=int,
-        default=0,
-        metavar="N",
-        help="fine-tune N epochs with the zeros held fixed (default 0)",
-    )
-    p.add_argument("--out", metavar="DIR", help="new run folder (default: RUN-pruned-s0.9)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-
-    p = sub.add_parser("serve", help="serve a run over HTTP: JSON API and a page to try images")
-    p.add_argument("run", metavar="RUN", help="run folder")
-    p.add_argument(
-        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
-    )
-    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
-    p.add_argument(
-        "--max-request-bytes",
-        type=int,
-        default=8 * 1024 * 1024,
-        metavar="N",
-        help="largest request body accepted (default 8 MiB; larger: 413)",
-    )
-    p.add_argument(
-        "--max-image-pixels",
-        type=int,
-        default=4096 * 4096,
-        metavar="N",
-        help="largest uploaded image, width*height (default 4096*4096; larger: 413)",
-    )
-    p.add_argument(
-        "--max-batch",
-        type=int,
-        default=64,
-        metavar="N",
-        help="most images per request (default 64; more: 413)",
-    )
-
-    # Study
-    p = sub.add_parser(
-        "study",
-        help="train a grid of configurations over seeds and compare them",
-        description=(
-            "Train every configuration of a preset over several seeds (each trial an ordinary "
-            "run folder in OUT/trials/) and write results.csv, summary.md, study.html and "
-            "plots. Rerunning the same command skips finished trials. --set/--config apply to "
-            "every trial."
-        ),
-    )
-    p.add_argument(
-        "data", metavar="DATA", help="'digits', a .npz file, or a folder of class folders"
-    )
-    p.add_argument(
-        "--preset",
-        default="ablation",
-        metavar="NAME_OR_TOML",
-        help="ablation, l1-sweep, dropout-sweep, all, or a TOML file of [[trial]] "
-        "tables (default: ablation)",
-    )
-    p.add_argument(
-        "--seeds",
-        type=int,
-        default=5,
-        metavar="N",
-        help="seeds per configuration: train.seed, train.seed+1, ... (default: 5)",
-    )
-    p.add_argument(
-        "--jobs",
-        type=int,
-        default=1,
-        metavar="N",
-        help="trials trained at once, each in its own process (default: 1)",
-    )
-    p.add_argument(
-        "--epochs-without-early-stopping",
-        type=int,
-        default=40,
-        metavar="N",
-        help="epochs of trials with early stopping off (default: 40)",
-    )
-    p.add_argument("--out", metavar="DIR", help="study folder (default: runs/study-<preset>)")
-    p.add_argument(
-        "--report-only",
-        action="store_true",
-        help="train nothing; write the report from the finished trials",
-    )
-    p.add_argument("--config", metavar="FILE", help="TOML config file of the specified model")
-    p.add_argument(
-        "--set",
-        metavar="KEY=VALUE",
-        action="append",
-        default=[],
-        dest="overrides",
-        help="override a config key for every trial (repeatable)",
-    )
-
-    # Report, compare
-    p = sub.add_parser("report", help="(re)write a run's plots, report.html and report.md")
-    p.add_argument("run", metavar="RUN", help="run folder")
-    p.add_argument(
-        "--explain",
-        action="store_true",
-        help="recompute explain.npz (weights, wrong images, saliency) from the model "
-        "even if present",
-    )
-    p = sub.add_parser("compare", help="one HTML page comparing runs side by side")
-    p.add_argument("runs", metavar="RUN", nargs="+", help="two or more run folders")
-    p.add_argument(
-        "--out",
-        metavar="FILE",
-        default="compare.html",
-        help="HTML file to write (default: compare.html)",
-    )
-    return parser
 
 
 def _fmt(value: Any) -> str:
@@ -344,11 +125,42 @@ def _warn_skipped(skipped: list[str]) -> None:
         )
 
 
+def add_train(sub: Subparsers) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train on DATA and write a run folder",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Train the specified network on DATA: 'digits' (bundled), a .npz file "
+            "(train_images/train_labels... or x/y), or a folder of two class folders "
+            "(optionally inside train/ val/ test/).\n"
+            "Config precedence: defaults < --config FILE < --set KEY=VALUE < --KEY VALUE."
+        ),
+    )
+    p.add_argument(
+        "data",
+        metavar="DATA",
+        nargs="?",
+        help="'digits', a .npz file, or a folder of class folders",
+    )
+    p.add_argument(
+        "--resume",
+        metavar="RUN",
+        help="continue the unfinished run RUN from its last finished epoch, with its "
+        "own data and config (a finished run is left as it is)",
+    )
+    p.add_argument("--out", metavar="DIR", help="run folder (default: runs/<data>-<time>)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_config_options(p, "override any config key, e.g. --set l1_lambda=0.001 (repeatable)")
+    p.set_defaults(handler=cmd_train)
+
+
 def _resume(args: argparse.Namespace) -> Any:
     """``train --resume RUN``: the TrainResult, or None when RUN had finished."""
     from l1cnn.train import resume
 
-    extra = [_flag(k.split("__")[2]) for k in vars(args) if k.startswith("cfg__")]
+    extra = [flag(k.split("__")[2]) for k in vars(args) if k.startswith("cfg__")]
     extra += [
         name
         for name, given in (
@@ -364,7 +176,7 @@ def _resume(args: argparse.Namespace) -> Any:
         raise ConfigError(
             f"--resume continues a run with its own data and config; drop {', '.join(extra)}"
         )
-    result = resume(args.resume, verbose=not args.quiet, command=["l1cnn", *sys.argv[1:]])
+    result = resume(args.resume, verbose=not args.quiet, command=args.command_line)
     if result is None:
         from l1cnn.runs import RUN_FILE, read_json
 
@@ -386,6 +198,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.data is None:
             raise ConfigError("train needs DATA ('digits', a .npz file or a folder), or --resume")
         config = _config_from_args(args)
+        _check_data(args.data)
         from l1cnn.train import train
 
         result = train(
@@ -394,7 +207,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             out=args.out,
             overwrite=args.overwrite,
             verbose=not args.quiet,
-            command=["l1cnn", *sys.argv[1:]],
+            command=args.command_line,
         )
     data, metrics = result.data, result.metrics
     _warn_skipped(data.get("skipped_images", []))
@@ -429,14 +242,45 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    from l1cnn.config import parse_threshold_rule
-    from l1cnn.predict import evaluate_run
-    from l1cnn.rethreshold import rechoose_threshold, save_threshold
+def add_evaluate(sub: Subparsers) -> None:
+    p = sub.add_parser("evaluate", help="metrics of a saved run on its test split or other data")
+    _add_run_argument(p)
+    p.add_argument(
+        "--data",
+        metavar="DATA",
+        help="evaluate on this data instead (its test split if it has one, else all)",
+    )
+    p.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        help="with --data: skip unreadable images with a warning instead of failing",
+    )
+    p.add_argument(
+        "--threshold",
+        metavar="RULE",
+        help="a number, or f1, youden, recall=X, precision=X: re-chosen on the run's "
+        "validation predictions (default: the run's threshold)",
+    )
+    p.add_argument(
+        "--save",
+        action="store_true",
+        help="make the --threshold the run's own (metrics.json, report; predict uses it)",
+    )
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.set_defaults(handler=cmd_evaluate)
 
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
     choice = None
     if args.save and args.threshold is None:
         raise ConfigError("--save needs --threshold RULE (the threshold to make the run's own)")
+    check_is_run(args.run)
+    if args.threshold is not None:
+        parse_threshold_rule(args.threshold)
+    _check_data(args.data)
+    from l1cnn.predict import evaluate_run
+    from l1cnn.rethreshold import rechoose_threshold, save_threshold
+
     if args.threshold is not None:  # A rule, re-chosen on the run's validation split
         command = ["l1cnn", "evaluate", args.run, "--threshold", args.threshold, "--save"]
         choice = (
@@ -483,18 +327,44 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_predict(args: argparse.Namespace) -> int:
-    from l1cnn.predict import predict
-    from l1cnn.runs import atomic_write_text
+def add_predict(sub: Subparsers) -> None:
+    p = sub.add_parser("predict", help="predict image files, folders or .npz arrays")
+    p.add_argument("run", metavar="RUN", help="run folder, or a folder written by l1cnn export")
+    p.add_argument(
+        "inputs",
+        metavar="IMAGE_OR_FOLDER",
+        nargs="+",
+        help="image files, folders (recursive) or .npz files",
+    )
+    p.add_argument("--output", metavar="CSV", help="write the CSV here (default: stdout)")
+    p.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        help="skip unreadable images with a warning instead of failing",
+    )
+    p.add_argument(
+        "--threshold", type=float, metavar="P", help="decision threshold (default: the run's)"
+    )
+    p.set_defaults(handler=cmd_predict)
 
+
+def cmd_predict(args: argparse.Namespace) -> int:
     if args.output:
         out = Path(args.output)
         if not out.parent.exists() or not os.access(out.parent, os.W_OK):
             raise RunError(f"output '{out}' cannot be written (folder missing or read-only)")
-    from l1cnn.export import is_export_folder, predict_export
+    if not Path(args.run).exists():
+        check_is_run(args.run)  # says it does not exist
+    for item in args.inputs:
+        if not Path(item).exists():
+            raise DataError(f"input '{Path(item)}' does not exist")
+    from l1cnn.exported import is_export_folder, predict_export
+    from l1cnn.runs import atomic_write_text
 
-    if is_export_folder(args.run):  # An export folder predicts like its run
-        predict = predict_export  # noqa: F811
+    if is_export_folder(args.run):  # an ONNX or LiteRT export runs without TensorFlow
+        predict = predict_export
+    else:
+        from l1cnn.predict import predict
     result = predict(
         args.run, args.inputs, skip_bad_images=args.skip_bad_images, threshold=args.threshold
     )
@@ -523,10 +393,20 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_export(args: argparse.Namespace) -> int:
-    from l1cnn.export import ExportOptions, export_run
+def add_export(sub: Subparsers) -> None:
+    p = sub.add_parser("export", help="export a run (SavedModel, ONNX, LiteRT) and check parity")
+    _add_run_argument(p)
+    add_options(p, ExportOptions, required=["format"])
+    p.add_argument("--out", metavar="DIR", help="export folder (default: RUN/export-FORMAT)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing export folder")
+    p.set_defaults(handler=cmd_export)
 
-    options = ExportOptions(args.format, args.quantize)
+
+def cmd_export(args: argparse.Namespace) -> int:
+    options = options_from_args(ExportOptions, args)
+    check_is_run(args.run)
+    from l1cnn.export import export_run
+
     record = export_run(args.run, options, out=args.out, overwrite=args.overwrite)
     parity = record["parity"]
     print(f"Exported: {record['path']}  ({options.name}, {record['size_bytes']:,} bytes)")
@@ -544,17 +424,29 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_prune(args: argparse.Namespace) -> int:
-    from l1cnn.prune import PruneOptions, prune_run
+def add_prune(sub: Subparsers) -> None:
+    p = sub.add_parser("prune", help="zero the smallest weights of a run and write a new run")
+    _add_run_argument(p)
+    add_options(p.add_mutually_exclusive_group(), PruneOptions, exclude=["fine_tune_epochs"])
+    add_options(p, PruneOptions, exclude=["sparsity", "min_magnitude"])
+    p.add_argument("--out", metavar="DIR", help="new run folder (default: RUN-pruned-s0.9)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(handler=cmd_prune)
 
-    options = PruneOptions(args.sparsity, args.threshold, args.fine_tune_epochs)
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    options = options_from_args(PruneOptions, args)
+    check_is_run(args.run)
+    from l1cnn.prune import prune_run
+
     result = prune_run(
         args.run,
         options,
         out=args.out,
         overwrite=args.overwrite,
         verbose=not args.quiet,
-        command=["l1cnn", *sys.argv[1:]],
+        command=args.command_line,
     )
     rec = result.record
     total, dense = rec["sparsity"]["total"], rec["dense_sparsity"]["total"]
@@ -586,6 +478,17 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_serve(sub: Subparsers) -> None:
+    p = sub.add_parser("serve", help="serve a run over HTTP: JSON API and a page to try images")
+    _add_run_argument(p)
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
+    )
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    add_options(p, ServeLimits)
+    p.set_defaults(handler=cmd_serve)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import importlib.util
 
@@ -593,10 +496,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise RunError(
             "l1cnn serve needs fastapi, uvicorn and python-multipart: pip install 'l1cnn[deploy]'"
         )
+    limits = options_from_args(ServeLimits, args)
+    check_is_run(args.run)
     from l1cnn.runs import load_run
-    from l1cnn.serve import ServeLimits, check_can_listen, is_loopback, serve
+    from l1cnn.serve import check_can_listen, is_loopback, serve
 
-    limits = ServeLimits(args.max_request_bytes, args.max_image_pixels, args.max_batch)
     check_can_listen(args.host, args.port)
     run = load_run(args.run)
     if not is_loopback(args.host):
@@ -614,10 +518,50 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_study(sub: Subparsers) -> None:
+    p = sub.add_parser(
+        "study",
+        help="train a grid of configurations over seeds and compare them",
+        description=(
+            "Train every configuration of a preset over several seeds (each trial an ordinary "
+            "run folder in OUT/trials/) and write results.csv, summary.md, study.html and "
+            "plots. Rerunning the same command skips finished trials. --config, --set and the "
+            "config key options apply to every trial."
+        ),
+    )
+    p.add_argument(
+        "data", metavar="DATA", help="'digits', a .npz file, or a folder of class folders"
+    )
+    p.add_argument(
+        "--preset",
+        default="ablation",
+        metavar="NAME_OR_TOML",
+        help="ablation, l1-sweep, dropout-sweep, all, or a TOML file of [[trial]] "
+        "tables (default: ablation)",
+    )
+    for name, default, what in (
+        ("--seeds", 5, "seeds per configuration: train.seed, train.seed+1, ..."),
+        ("--jobs", 1, "trials trained at once, each in its own process"),
+        ("--epochs-without-early-stopping", 40, "epochs of trials with early stopping off"),
+    ):
+        p.add_argument(
+            name, type=int, default=default, metavar="N", help=f"{what} (default: {default})"
+        )
+    p.add_argument("--out", metavar="DIR", help="study folder (default: runs/study-<preset>)")
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing; write the report from the finished trials",
+    )
+    _add_config_options(p, "override a config key for every trial (repeatable)")
+    p.set_defaults(handler=cmd_study)
+
+
 def cmd_study(args: argparse.Namespace) -> int:
+    config = _config_from_args(args)
+    _check_data(args.data)
     from l1cnn.study import format_eta, run_study
 
-    config = load_config(args.config, args.overrides)
     name = Path(args.preset).stem if args.preset.endswith(".toml") else args.preset
     out = Path(args.out) if args.out else Path("runs") / f"study-{name}"
 
@@ -647,7 +591,7 @@ def cmd_study(args: argparse.Namespace) -> int:
         fixed_epochs=args.epochs_without_early_stopping,
         on_progress=progress,
         train_missing=not args.report_only,
-        command=["l1cnn", *sys.argv[1:]],
+        command=args.command_line,
     )
     print(f"Study:    {out}  (reference: {result.reference})")
     print(
@@ -660,13 +604,23 @@ def cmd_study(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_report(args: argparse.Namespace) -> int:
-    from l1cnn.reporting import EXPLAIN_FILE, write_report
-    from l1cnn.runs import check_is_run
+def add_report(sub: Subparsers) -> None:
+    p = sub.add_parser("report", help="(re)write a run's plots, report.html and report.md")
+    _add_run_argument(p)
+    p.add_argument(
+        "--explain",
+        action="store_true",
+        help="recompute explain.npz (weights, wrong images, saliency) from the model "
+        "even if present",
+    )
+    p.set_defaults(handler=cmd_report)
 
+
+def cmd_report(args: argparse.Namespace) -> int:
     run = check_is_run(args.run)
+    from l1cnn.reporting import EXPLAIN_FILE, write_report
+
     if args.explain or not (run / EXPLAIN_FILE).exists():
-        from l1cnn.errors import DataError
         from l1cnn.explain import explain_run  # loads the model and re-checks the data
 
         try:
@@ -684,6 +638,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_compare(sub: Subparsers) -> None:
+    p = sub.add_parser("compare", help="one HTML page comparing runs side by side")
+    p.add_argument("runs", metavar="RUN", nargs="+", help="two or more run folders")
+    p.add_argument(
+        "--out",
+        metavar="FILE",
+        default="compare.html",
+        help="HTML file to write (default: compare.html)",
+    )
+    p.set_defaults(handler=cmd_compare)
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from l1cnn.reporting import write_comparison
 
@@ -691,25 +657,39 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {
-    "train": cmd_train,
-    "evaluate": cmd_evaluate,
-    "predict": cmd_predict,
-    "export": cmd_export,
-    "prune": cmd_prune,
-    "serve": cmd_serve,
-    "study": cmd_study,
-    "report": cmd_report,
-    "compare": cmd_compare,
-}
+BUILDERS = (
+    add_train,
+    add_evaluate,
+    add_predict,
+    add_export,
+    add_prune,
+    add_serve,
+    add_study,
+    add_report,
+    add_compare,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every subcommand."""
+    parser = _Parser(
+        prog="l1cnn",
+        description="Train, evaluate and use a small L1-regularized CNN for two-class images.",
+    )
+    parser.add_argument("--version", action="version", version=f"l1cnn {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in BUILDERS:
+        add(sub)
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``l1cnn`` console script."""
-    _quiet_tensorflow()
+    """Entry point of the ``l1cnn`` console script; ``argv`` defaults to ``sys.argv[1:]``."""
+    argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
     args = build_parser().parse_args(argv)
+    args.command_line = ["l1cnn", *argv]  # recorded in what the command writes
     try:
-        return COMMANDS[args.command](args)
+        return args.handler(args)
     except TrainingError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_TRAINING_FAILED

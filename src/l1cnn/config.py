@@ -64,31 +64,47 @@ def parse_threshold_rule(rule: str) -> tuple[str, float | None]:
     return "fixed", value
 
 
+def _opt(default: Any = None, help: str = "", **more: Any) -> Any:
+    """A field with its command-line help as metadata (see l1cnn.options)."""
+    return field(default=default, metadata={"help": help, **more})
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """How images are read, resized and split."""
 
-    image_size: int | None = None  # None: 64 for image folders, the arrays' own size for .npz
-    channels: int | None = None  # None: 1 when every image is grayscale, else 3
-    positive_class: str | None = None  # None: the second class name in sorted order
-    val_fraction: float = 0.15  # used only when the source has no validation split
-    test_fraction: float = 0.15  # used only when the source has no test split
-    skip_bad_images: bool = False  # skip unreadable images (with a count) instead of failing
-    cache: str | None = None  # folder for decoded class-folder pixels (None: decode every epoch)
+    image_size: int | None = _opt(
+        help="resize images to this side length; auto: 64 for folders, arrays keep theirs",
+        none="auto",
+    )
+    channels: int | None = _opt(
+        help="1 (gray) or 3 (colour); auto: 1 when every image is grayscale", none="auto"
+    )
+    positive_class: str | None = _opt(
+        help="class name that counts as positive; auto: the second in sorted order", none="auto"
+    )
+    val_fraction: float = _opt(0.15, "validation share when the data has no validation split")
+    test_fraction: float = _opt(0.15, "test share when the data has no test split")
+    skip_bad_images: bool = _opt(False, "skip unreadable images (with a count) instead of failing")
+    cache: str | None = _opt(
+        help="folder to keep decoded class-folder pixels in, so epochs and reruns skip decoding",
+        none="none, decode every epoch",
+        metavar="DIR",
+    )
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """The network: by default exactly the specified architecture."""
 
-    conv_filters: tuple[int, ...] = (32, 64)
-    kernel_size: int = 3
-    pool_size: int = 2
-    dense_units: int = 64
-    dropout_rate: float = 0.5
-    l1_lambda: float = 0.01
-    l1_mode: str = (
-        "penalty"  # "penalty": L1 term in the loss; "proximal": soft-threshold after steps
+    conv_filters: tuple[int, ...] = _opt((32, 64), "filters of each Conv2D layer")
+    kernel_size: int = _opt(3, "Conv2D kernel size")
+    pool_size: int = _opt(2, "MaxPooling2D size")
+    dense_units: int = _opt(64, "units of the hidden Dense layer")
+    dropout_rate: float = _opt(0.5, "rate of both Dropout layers")
+    l1_lambda: float = _opt(0.01, "L1 strength on every Conv2D and Dense kernel")
+    l1_mode: str = _opt(
+        "penalty", "penalty (L1 term in the loss) or proximal (soft-threshold: exact zeros)"
     )
 
 
@@ -96,15 +112,21 @@ class ModelConfig:
 class TrainConfig:
     """Optimization, early stopping and reproducibility."""
 
-    learning_rate: float = 0.001
-    batch_size: int = 32
-    epochs: int = 100
-    early_stopping: bool = True
-    patience: int = 5
-    restore_best_weights: bool = True
-    class_weight: str = "none"  # "none" (as specified) or "balanced"
-    seed: int = 42
-    threshold: str = "0.5"  # decision threshold rule, chosen on the validation split
+    learning_rate: float = _opt(0.001, "RMSprop learning rate")
+    batch_size: int = _opt(32, "images per training step")
+    epochs: int = _opt(100, "maximum number of epochs")
+    early_stopping: bool = _opt(
+        True, "stop when val_loss stops improving (else train all epochs, keep last)"
+    )
+    patience: int = _opt(5, "epochs without val_loss improvement before stopping")
+    restore_best_weights: bool = _opt(True, "keep the weights of the best epoch")
+    class_weight: str = _opt(
+        "none", "none, or balanced (weights the loss by inverse class frequency)"
+    )
+    seed: int = _opt(42, "seed for the split, initial weights, shuffling and dropout")
+    threshold: str = _opt(
+        "0.5", "0.5 (any number), f1, youden, recall=X or precision=X; chosen on validation"
+    )
 
 
 @dataclass(frozen=True)
@@ -116,31 +138,95 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-KEY_HELP = {
-    "image_size": "resize images to this side length; auto: 64 for folders, arrays keep theirs",
-    "channels": "1 (gray) or 3 (colour); auto: 1 when every image is grayscale",
-    "positive_class": "class name that counts as positive; auto: the second in sorted order",
-    "val_fraction": "validation share when the data has no validation split",
-    "test_fraction": "test share when the data has no test split",
-    "skip_bad_images": "skip unreadable images (with a count) instead of failing",
-    "cache": "folder to keep decoded class-folder pixels in, so epochs and reruns skip decoding",
-    "conv_filters": "filters of each Conv2D layer",
-    "kernel_size": "Conv2D kernel size",
-    "pool_size": "MaxPooling2D size",
-    "dense_units": "units of the hidden Dense layer",
-    "dropout_rate": "rate of both Dropout layers",
-    "l1_lambda": "L1 strength on every Conv2D and Dense kernel",
-    "l1_mode": "penalty (L1 term in the loss) or proximal (soft-threshold: exact zeros)",
-    "learning_rate": "RMSprop learning rate",
-    "batch_size": "images per training step",
-    "epochs": "maximum number of epochs",
-    "early_stopping": "stop when val_loss stops improving (else train all epochs, keep last)",
-    "patience": "epochs without val_loss improvement before stopping",
-    "restore_best_weights": "keep the weights of the best epoch",
-    "class_weight": "none, or balanced (weights the loss by inverse class frequency)",
-    "seed": "seed for the split, initial weights, shuffling and dropout",
-    "threshold": "0.5 (any number), f1, youden, recall=X or precision=X; chosen on validation",
-}
+# Options of the export, prune and serve commands: plain values here, so the command line can
+# show and check them without importing TensorFlow, Keras or FastAPI.
+EXPORT_FORMATS = ("savedmodel", "onnx", "litert")
+QUANTIZE_MODES = ("float16", "int8")
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """What to export: the format and, for LiteRT, an optional post-training quantization."""
+
+    format: str = _opt(
+        "savedmodel",
+        "savedmodel (TF Serving), onnx (onnxruntime) or litert (TFLite)",
+        choices=EXPORT_FORMATS,
+    )
+    quantize: str | None = _opt(
+        help="LiteRT post-training quantization (int8 calibrates on training images)",
+        choices=QUANTIZE_MODES,
+    )
+
+    def __post_init__(self) -> None:
+        if self.format not in EXPORT_FORMATS:
+            raise ConfigError(
+                f"export format must be one of {', '.join(EXPORT_FORMATS)}, got '{self.format}'"
+            )
+        if self.quantize is not None and self.quantize not in QUANTIZE_MODES:
+            raise ConfigError(
+                f"--quantize must be one of {', '.join(QUANTIZE_MODES)}, got '{self.quantize}'"
+            )
+        if self.quantize is not None and self.format != "litert":
+            raise ConfigError(f"--quantize works with --format litert only, not {self.format}")
+
+    @property
+    def name(self) -> str:
+        """Short name used for the default folder, e.g. ``litert-int8``."""
+        return self.format + (f"-{self.quantize}" if self.quantize else "")
+
+
+@dataclass(frozen=True)
+class PruneOptions:
+    """How to prune: a fraction per layer (``sparsity``) or a weight size (``min_magnitude``)."""
+
+    sparsity: float | None = _opt(
+        help="fraction of each layer's kernel weights to zero, e.g. 0.9", metavar="F"
+    )
+    min_magnitude: float | None = _opt(
+        help="zero every kernel weight with |w| < M, e.g. 1e-3", metavar="M"
+    )
+    fine_tune_epochs: int = _opt(0, "fine-tune N epochs with the zeros held fixed", metavar="N")
+
+    def __post_init__(self) -> None:
+        if (self.sparsity is None) == (self.min_magnitude is None):
+            raise ConfigError("give exactly one of --sparsity or --min-magnitude")
+        if self.sparsity is not None and not 0 <= self.sparsity < 1:
+            raise ConfigError(f"--sparsity must be in [0, 1), got {self.sparsity}")
+        if self.min_magnitude is not None and not self.min_magnitude > 0:
+            raise ConfigError(f"--min-magnitude must be > 0, got {self.min_magnitude}")
+        if self.fine_tune_epochs < 0:
+            raise ConfigError(f"--fine-tune-epochs must be >= 0, got {self.fine_tune_epochs}")
+
+    @property
+    def name(self) -> str:
+        """Short name for the default run folder, e.g. ``s0.9`` or ``m0.001``."""
+        if self.sparsity is not None:
+            return f"s{self.sparsity:g}"
+        return f"m{self.min_magnitude:g}"
+
+
+@dataclass(frozen=True)
+class ServeLimits:
+    """What one request may hold; anything beyond is refused with 413."""
+
+    max_request_bytes: int = _opt(
+        8 * 1024 * 1024, "largest request body accepted (larger: 413)", metavar="N"
+    )
+    max_image_pixels: int = _opt(
+        4096 * 4096,
+        "largest uploaded image, width*height, before resizing (larger: 413)",
+        metavar="N",
+    )
+    max_batch: int = _opt(
+        64, "most images (uploaded files or JSON instances) per request (more: 413)", metavar="N"
+    )
+
+    def __post_init__(self) -> None:
+        for name, value in dataclasses.asdict(self).items():
+            if value < 1:
+                raise ConfigError(f"serve limit {name} must be >= 1, got {value}")
+
 
 SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
 

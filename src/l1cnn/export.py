@@ -17,19 +17,18 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from l1cnn import runs
+from l1cnn.config import ExportOptions
 from l1cnn.data import Split
-from l1cnn.errors import ConfigError, ModelError, RunError, first_line
+from l1cnn.errors import ModelError, RunError, first_line
 from l1cnn.evaluate import compute_metrics
 from l1cnn.exported import (  # noqa: F401  (load_export, predict_export: public here too)
     EXPORT_FILE,
-    FORMATS,
     ExportedModel,
     as_uint8,
     is_export_folder,
@@ -38,38 +37,12 @@ from l1cnn.exported import (  # noqa: F401  (load_export, predict_export: public
 )
 from l1cnn.predict import predict_split, reload_run_data
 
-QUANTIZE_MODES = ("float16", "int8")
 FLOAT_TOLERANCE = 1e-4
 ARTIFACTS = {"savedmodel": "1", "onnx": "model.onnx", "litert": "model.tflite"}
 REPRESENTATIVE_SAMPLES = 200  # training images that calibrate int8 ranges
 
 # What each format needs beyond TensorFlow; all are in the `deploy` extra.
 _NEEDS = {"savedmodel": (), "onnx": ("tf2onnx", "onnxruntime"), "litert": ("ai_edge_litert",)}
-
-
-@dataclass(frozen=True)
-class ExportOptions:
-    """What to export: the format and, for LiteRT, an optional post-training quantization."""
-
-    format: str = "savedmodel"
-    quantize: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.format not in FORMATS:
-            raise ConfigError(
-                f"export format must be one of {', '.join(FORMATS)}, got '{self.format}'"
-            )
-        if self.quantize is not None and self.quantize not in QUANTIZE_MODES:
-            raise ConfigError(
-                f"--quantize must be one of {', '.join(QUANTIZE_MODES)}, got '{self.quantize}'"
-            )
-        if self.quantize is not None and self.format != "litert":
-            raise ConfigError(f"--quantize works with --format litert only, not {self.format}")
-
-    @property
-    def name(self) -> str:
-        """Short name used for the default folder, e.g. ``litert-int8``."""
-        return self.format + (f"-{self.quantize}" if self.quantize else "")
 
 
 def _require(fmt: str) -> None:

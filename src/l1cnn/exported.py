@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 
 from l1cnn import runs
+from l1cnn.config import EXPORT_FORMATS as FORMATS
 from l1cnn.data import PREDICT_CHUNK
 from l1cnn.errors import ModelError, RunError, first_line
 from l1cnn.inference import PredictResult, predict_with
 
-FORMATS = ("savedmodel", "onnx", "litert")
 EXPORT_FILE = "export.json"
 
 # The runtime each format's artifact runs in (all but TensorFlow are in the `deploy` extra).

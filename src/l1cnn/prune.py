@@ -1,7 +1,7 @@
 """Magnitude pruning: turn L1's near-zero weights into exact zeros, and measure what that buys.
 
 ``prune_run`` zeroes the smallest-magnitude kernel weights of a run (a fraction per layer, or
-everything below an absolute threshold), optionally fine-tunes with the zeros held fixed, and
+everything below an absolute magnitude), optionally fine-tunes with the zeros held fixed, and
 writes a new run with its own metrics, report and ``prune.json``: the sparsity per layer, the
 accuracy and ROC-AUC change, and the gzip size of the model file against the dense one.
 TensorFlow Model Optimization's pruning needs tf-keras, not Keras 3, so this is ours.
@@ -21,8 +21,9 @@ import keras
 import numpy as np
 
 from l1cnn import outputs, runs
+from l1cnn.config import PruneOptions
 from l1cnn.data import PREDICT_CHUNK, Dataset, class_weights, image_read_errors, make_tf_dataset
-from l1cnn.errors import ConfigError, RunError
+from l1cnn.errors import RunError
 from l1cnn.loop import FitData, FitResult, ProgressBar, StepSettings, fit, make_early_stopping
 from l1cnn.model import compile_model, kernel_sparsity, regularized_kernels
 from l1cnn.predict import reload_run_data
@@ -31,32 +32,8 @@ PRUNE_FILE = "prune.json"
 SUMMARY_METRICS = ("accuracy", "roc_auc", "f1", "loss")
 
 
-@dataclass(frozen=True)
-class PruneOptions:
-    """How to prune: a fraction per layer (``sparsity``) or an absolute ``threshold``."""
-
-    sparsity: float | None = None
-    threshold: float | None = None
-    fine_tune_epochs: int = 0
-
-    def __post_init__(self) -> None:
-        if (self.sparsity is None) == (self.threshold is None):
-            raise ConfigError("give exactly one of --sparsity or --threshold")
-        if self.sparsity is not None and not 0 <= self.sparsity < 1:
-            raise ConfigError(f"--sparsity must be in [0, 1), got {self.sparsity}")
-        if self.threshold is not None and not self.threshold > 0:
-            raise ConfigError(f"--threshold must be > 0, got {self.threshold}")
-        if self.fine_tune_epochs < 0:
-            raise ConfigError(f"--fine-tune-epochs must be >= 0, got {self.fine_tune_epochs}")
-
-    @property
-    def name(self) -> str:
-        """Short name for the default run folder, e.g. ``s0.9`` or ``t0.001``."""
-        return f"s{self.sparsity:g}" if self.sparsity is not None else f"t{self.threshold:g}"
-
-
 def magnitude_mask(kernel: np.ndarray, options: PruneOptions) -> np.ndarray:
-    """True where a weight is kept: all but the ``sparsity`` smallest, or those >= threshold.
+    """True where a weight is kept: all but the ``sparsity`` smallest, or those >= min_magnitude.
 
     Args:
         kernel: one layer's kernel.
@@ -66,8 +43,8 @@ def magnitude_mask(kernel: np.ndarray, options: PruneOptions) -> np.ndarray:
         A boolean array of the kernel's shape.
     """
     magnitude = np.abs(kernel).reshape(-1)
-    if options.threshold is not None:
-        keep = magnitude >= options.threshold
+    if options.min_magnitude is not None:
+        keep = magnitude >= options.min_magnitude
     else:
         n_zero = int(np.floor(options.sparsity * magnitude.size))
         keep = np.ones(magnitude.size, bool)
@@ -276,7 +253,7 @@ def _prune_record(
         "source_run": str(run.path),
         "rule": {
             "sparsity": options.sparsity,
-            "threshold": options.threshold,
+            "min_magnitude": options.min_magnitude,
             "scope": "per layer" if options.sparsity is not None else "absolute |w|",
             "weights": "Conv2D and Dense kernels (biases kept)",
         },

@@ -256,7 +256,7 @@ def library_versions() -> dict[str, str]:
     import numpy
     import sklearn
 
-    from l1cnn import __version__
+    from l1cnn.version import __version__
 
     versions = {
         "l1cnn": __version__,

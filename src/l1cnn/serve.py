@@ -11,7 +11,7 @@ import asyncio
 import json
 import socket
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse
 
-from l1cnn.config import config_to_dict
+from l1cnn.config import ServeLimits, config_to_dict
 from l1cnn.data import load_image
 from l1cnn.errors import ConfigError, DataError
 from l1cnn.loop import make_predict_fn
@@ -28,20 +28,6 @@ from l1cnn.runs import Run, load_run
 from l1cnn.serve_page import PAGE
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
-
-
-@dataclass(frozen=True)
-class ServeLimits:
-    """What one request may hold; anything beyond is refused with 413."""
-
-    max_request_bytes: int = 8 * 1024 * 1024
-    max_image_pixels: int = 4096 * 4096  # width * height of an uploaded image, before resizing
-    max_batch: int = 64  # images (uploaded files or JSON instances) per request
-
-    def __post_init__(self) -> None:
-        for name, value in asdict(self).items():
-            if value < 1:
-                raise ConfigError(f"serve limit {name} must be >= 1, got {value}")
 
 
 class RequestError(Exception):
