@@ -240,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="most images per request (default 64; more: 413)",
     )
+    _add_serve_security(p)
 
     # Study
     p = sub.add_parser(
@@ -586,7 +587,23 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_serve_security(p: argparse.ArgumentParser) -> None:
+    """``ServeSecurity``'s fields as options, help and metavar from their metadata."""
+    import dataclasses
+
+    from l1cnn.serve_security import ServeSecurity
+
+    for f in dataclasses.fields(ServeSecurity):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type == "bool":
+            p.add_argument(flag, action="store_true", help=f.metadata["help"])
+        else:
+            kind = int if f.type.startswith("int") else str
+            p.add_argument(flag, type=kind, metavar=f.metadata["metavar"], help=f.metadata["help"])
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
+    import dataclasses
     import importlib.util
 
     if not all(importlib.util.find_spec(m) for m in ("fastapi", "uvicorn", "multipart")):
@@ -595,19 +612,31 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
     from l1cnn.runs import load_run
     from l1cnn.serve import ServeLimits, check_can_listen, is_loopback, serve
+    from l1cnn.serve_security import ServeSecurity, check_tls_files, resolve_token
 
     limits = ServeLimits(args.max_request_bytes, args.max_image_pixels, args.max_batch)
+    security = ServeSecurity(
+        **{f.name: getattr(args, f.name) for f in dataclasses.fields(ServeSecurity)}
+    )
+    loopback = is_loopback(args.host)
+    # Everything that can refuse runs before any socket is bound (check_can_listen binds one).
+    token, warnings = resolve_token(security, args.host, loopback)
+    check_tls_files(security)
     check_can_listen(args.host, args.port)
     run = load_run(args.run)
-    if not is_loopback(args.host):
-        print(
-            f"warning: binding {args.host} makes the model reachable from other machines",
-            file=sys.stderr,
-        )
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if not loopback:
+        print(f"Reachable from other machines at {args.host}", file=sys.stderr)
+    if token is not None:  # where the token is, never the token itself
+        print(f"Token:    {token.source}; clients send Authorization: Bearer <token>")
+    rate = security.rate(loopback)
+    print(f"Limit:    {f'{rate} requests per minute per client' if rate else 'no rate limit'}")
     shown = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"Serving {run.path} at http://{shown}:{args.port}/ (Ctrl-C to stop)", flush=True)
+    scheme = "https" if security.tls_cert else "http"
+    print(f"Serving {run.path} at {scheme}://{shown}:{args.port}/ (Ctrl-C to stop)", flush=True)
     try:
-        serve(run, args.host, args.port, limits)
+        serve(run, args.host, args.port, limits, security, token.value if token else None)
     except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its graceful shutdown
         pass
     print("Stopped.", flush=True)
