@@ -293,15 +293,11 @@ def test_page_in_headless_chromium(server, trained_run, tmp_path):
             page.wait_for_selector("#auth:not([hidden])", timeout=15000)
             page.fill("#token", "not-the-token-at-all")
             page.click("#token-ok")
-            page.wait_for_function(
-                "document.getElementById('auth-message').textContent.includes('Wrong')",
-                timeout=15000,
-            )
+            # (wait_for_selector, not wait_for_function: the page's CSP forbids eval)
+            page.wait_for_selector("#auth-message:has-text('Wrong token')", timeout=15000)
             page.fill("#token", TOKEN)
             page.press("#token", "Enter")
-            page.wait_for_function(
-                "document.getElementById('model').textContent.includes('threshold')", timeout=15000
-            )
+            page.wait_for_selector("#model:has-text('threshold')", timeout=15000)
             auth_hidden = page.is_hidden("#auth")
             stored = page.evaluate(
                 "[document.cookie, localStorage.length, sessionStorage.length,"
