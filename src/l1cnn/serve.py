@@ -183,6 +183,30 @@ def _decode_upload(
             raise RequestError(400, f"'{name}': truncated or corrupt image") from None
 
 
+async def _pixels_from_upload(
+    request: Request, shape: tuple[int, int, int], limits: ServeLimits
+) -> tuple[np.ndarray, list[str]]:
+    """The images of a multipart upload, decoded off the event loop, and their file names."""
+    try:
+        form = await request.form(max_files=limits.max_batch + 1)
+    except Exception as exc:  # python-multipart raises several types for bad bodies
+        raise RequestError(400, f"bad multipart body: {exc}") from None
+    uploads = [v for _, v in form.multi_items() if hasattr(v, "read")]
+    if not uploads:
+        raise RequestError(400, "no image file in the upload (use the field 'image')")
+    if len(uploads) > limits.max_batch:
+        raise RequestError(413, f"{len(uploads)} files is over the limit of {limits.max_batch}")
+    images = []
+    for up in uploads:
+        data = await up.read()
+        images.append(
+            await run_in_threadpool(
+                _decode_upload, data, up.filename or "upload", shape, limits.max_image_pixels
+            )
+        )
+    return np.stack(images), [up.filename or f"upload-{i}" for i, up in enumerate(uploads)]
+
+
 class Predictor:
     """The run's model behind a lock-free compiled forward function, plus its answers' format."""
 
@@ -322,31 +346,7 @@ def _api(predictor: Predictor, limits: ServeLimits) -> FastAPI:
             pixels = _pixels_from_json(body["instances"], predictor.shape, limits.max_batch)
             ids = [str(i) for i in range(len(pixels))]
         elif kind == "multipart/form-data":
-            try:
-                form = await request.form(max_files=limits.max_batch + 1)
-            except Exception as exc:  # python-multipart raises several types for bad bodies
-                raise RequestError(400, f"bad multipart body: {exc}") from None
-            uploads = [v for _, v in form.multi_items() if hasattr(v, "read")]
-            if not uploads:
-                raise RequestError(400, "no image file in the upload (use the field 'image')")
-            if len(uploads) > limits.max_batch:
-                raise RequestError(
-                    413, f"{len(uploads)} files is over the limit of {limits.max_batch}"
-                )
-            images = []
-            for up in uploads:
-                data = await up.read()
-                images.append(
-                    await run_in_threadpool(
-                        _decode_upload,
-                        data,
-                        up.filename or "upload",
-                        predictor.shape,
-                        limits.max_image_pixels,
-                    )
-                )
-            pixels = np.stack(images)
-            ids = [up.filename or f"upload-{i}" for i, up in enumerate(uploads)]
+            pixels, ids = await _pixels_from_upload(request, predictor.shape, limits)
         else:
             raise RequestError(
                 415,
