@@ -35,26 +35,42 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_server(run: str | Path, port: int, *extra: str, timeout: float = 90.0) -> Iterator[str]:
-    """``l1cnn serve RUN`` in a subprocess; yields its base URL and always stops it."""
+def running_server(
+    run: str | Path,
+    port: int,
+    *extra: str,
+    timeout: float = 90.0,
+    env: dict[str, str] | None = None,
+    log: Path | None = None,
+    https_ca: Path | None = None,
+) -> Iterator[str]:
+    """``l1cnn serve RUN`` in a subprocess; yields its base URL and always stops it.
+
+    ``env`` adds environment variables, ``log`` receives the server's output (else it is kept in
+    a pipe and shown if the server fails to start), ``https_ca`` (a PEM file to trust) means the
+    server was given ``--tls-cert``/``--tls-key`` and is polled over HTTPS.
+    """
     import httpx
 
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
+    sink = open(log, "wb") if log else subprocess.PIPE  # noqa: SIM115 (closed below)
     proc = subprocess.Popen(
         [sys.executable, "-m", "l1cnn.cli", "serve", str(run), "--port", str(port), *extra],
-        stdout=subprocess.PIPE,
+        stdout=sink,
         stderr=subprocess.STDOUT,
         env=env,
     )
-    url = f"http://127.0.0.1:{port}"
+    url = f"{'https' if https_ca else 'http'}://127.0.0.1:{port}"
+    verify: Any = str(https_ca) if https_ca else True
     try:
         deadline = time.monotonic() + timeout
         while True:
             if proc.poll() is not None:
                 output = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+                output = output or (log.read_text(errors="replace") if log else "")
                 raise RuntimeError(f"server exited with {proc.returncode}: {output[-2000:]}")
             try:
-                if httpx.get(url + "/healthz", timeout=1.0).status_code == 200:
+                if httpx.get(url + "/healthz", timeout=1.0, verify=verify).status_code == 200:
                     break
             except httpx.TransportError:
                 pass
@@ -71,10 +87,16 @@ def running_server(run: str | Path, port: int, *extra: str, timeout: float = 90.
             proc.wait()
         if proc.stdout:
             proc.stdout.close()
+        if log:
+            sink.close()
 
 
 def run_load(
-    url: str, bodies: list[bytes], n_requests: int = 2000, clients: int = 8
+    url: str,
+    bodies: list[bytes],
+    n_requests: int = 2000,
+    clients: int = 8,
+    headers: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Send ``n_requests`` POST /v1/predict JSON requests from ``clients`` threads; then stop.
 
@@ -83,6 +105,7 @@ def run_load(
         bodies: JSON request bodies, used in turn.
         n_requests: total requests (the test is bounded by this, not by time).
         clients: concurrent clients, each with its own keep-alive connection.
+        headers: extra headers for every request (``Authorization`` for a server with a token).
 
     Returns:
         requests, errors, seconds, requests_per_s, p50_ms, p99_ms, clients.
@@ -97,7 +120,9 @@ def run_load(
     def client() -> None:
         nonlocal next_index
         with httpx.Client(
-            base_url=url, timeout=30.0, headers={"content-type": "application/json"}
+            base_url=url,
+            timeout=30.0,
+            headers={"content-type": "application/json", **(headers or {})},
         ) as http:
             while True:
                 with lock:

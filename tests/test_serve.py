@@ -1,4 +1,9 @@
-"""``l1cnn serve``: a real server in a subprocess, its JSON API, its limits, its page, its load."""
+"""``l1cnn serve``: a real server in a subprocess, its JSON API, its limits, its page, its load.
+
+The server here has a token (from $L1CNN_SERVE_TOKEN) and a rate limit high enough for the load
+test, so every test below goes through the whole guarded stack; test_serve_security.py covers
+generated tokens, TLS, the rate limit itself, CORS and the refusal to serve a network openly.
+"""
 
 from __future__ import annotations
 
@@ -31,12 +36,34 @@ _spec.loader.exec_module(serve_load)
 
 CHROMIUM = Path("/usr/bin/chromium")
 LIMITS = ["--max-request-bytes", "300000", "--max-image-pixels", "40000", "--max-batch", "16"]
+TOKEN = "test-token-" + "7f3a9c" * 4  # what a user would put in $L1CNN_SERVE_TOKEN
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+RATE = ["--max-requests-per-minute", "100000"]  # far above the load test's 2,000 requests
 
 
 @pytest.fixture(scope="module")
-def server(trained_run: Path):
-    with serve_load.running_server(trained_run, serve_load.free_port(), *LIMITS) as url:
+def server_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("serve") / "server.log"
+
+
+@pytest.fixture(scope="module")
+def server(trained_run: Path, server_log: Path):
+    with serve_load.running_server(
+        trained_run,
+        serve_load.free_port(),
+        *LIMITS,
+        *RATE,
+        env={"L1CNN_SERVE_TOKEN": TOKEN},
+        log=server_log,
+    ) as url:
         yield url
+
+
+@pytest.fixture(scope="module")
+def api(server: str):
+    """A client that sends the token."""
+    with httpx.Client(base_url=server, headers=AUTH, timeout=30.0) as client:
+        yield client
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +80,9 @@ def _png(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def test_health_and_model_description(server, trained_run):
-    assert httpx.get(server + "/healthz").json() == {"status": "ok"}
-    info = httpx.get(server + "/v1/model").json()
+def test_health_and_model_description(server, api, trained_run):
+    assert httpx.get(server + "/healthz").json() == {"status": "ok"}  # open without a token
+    info = api.get("/v1/model").json()
     run = load_run(trained_run)
     assert info["class_names"] == run.class_names and info["positive_class"] == "1"
     assert info["threshold"] == run.threshold and info["image_shape"] == [12, 12, 1]
@@ -68,7 +95,7 @@ def test_health_and_model_description(server, trained_run):
     }
 
 
-def test_json_instances_answer_like_predict(server, trained_run, source_images):
+def test_json_instances_answer_like_predict(api, trained_run, source_images):
     source, x = source_images
     want = predict(trained_run, [source]).predictions[:10]
     # As TF Serving takes them: plain (H, W, C) arrays, or named {"pixels": (H, W)} objects.
@@ -76,7 +103,7 @@ def test_json_instances_answer_like_predict(server, trained_run, source_images):
         [img.tolist() for img in x[:10]],
         [{"pixels": img[..., 0].tolist()} for img in x[:10]],
     ):
-        r = httpx.post(server + "/v1/predict", json={"instances": instances})
+        r = api.post("/v1/predict", json={"instances": instances})
         assert r.status_code == 200
         got = r.json()["predictions"]
         assert len(got) == 10
@@ -88,7 +115,7 @@ def test_json_instances_answer_like_predict(server, trained_run, source_images):
             )
 
 
-def test_uploaded_images_answer_like_predict(server, trained_run, tmp_path):
+def test_uploaded_images_answer_like_predict(api, trained_run, tmp_path):
     rng = np.random.default_rng(5)
     paths = []
     for i in range(3):  # 20x20: the server must resize exactly as training does
@@ -98,7 +125,7 @@ def test_uploaded_images_answer_like_predict(server, trained_run, tmp_path):
         paths[-1].write_bytes(_png(img))
     want = predict(trained_run, paths).predictions
     files = [("image", (p.name, p.read_bytes(), "image/png")) for p in paths]
-    r = httpx.post(server + "/v1/predict", files=files)
+    r = api.post("/v1/predict", files=files)
     assert r.status_code == 200
     got = r.json()["predictions"]
     assert [g["id"] for g in got] == [p.name for p in paths]
@@ -106,7 +133,7 @@ def test_uploaded_images_answer_like_predict(server, trained_run, tmp_path):
         assert g["probability"] == pytest.approx(w.probability, abs=1e-5)
         assert g["class"] == w.predicted_class
     # The page asks for the model's view and a saliency map of it.
-    r = httpx.post(server + "/v1/predict?saliency=true", files=files[:1])
+    r = api.post("/v1/predict?saliency=true", files=files[:1])
     item = r.json()["predictions"][0]
     assert np.array(item["pixels"]).shape == (12, 12, 1)
     sal = np.array(item["saliency"])
@@ -173,16 +200,46 @@ def _bad_requests() -> list[tuple[str, dict, int, str]]:
 @pytest.mark.parametrize(
     "name,kwargs,status,fragment", _bad_requests(), ids=[b[0] for b in _bad_requests()]
 )
-def test_bad_requests_get_clear_json_errors(server, name, kwargs, status, fragment):
-    r = httpx.post(server + "/v1/predict", **kwargs)
+def test_bad_requests_get_clear_json_errors(
+    server, api, trained_run, name, kwargs, status, fragment
+):
+    r = api.post("/v1/predict", **kwargs)
     assert r.status_code == status, r.text
     assert fragment in r.json()["error"]
+    # Errors name what was wrong, never where things live on the server or a traceback.
+    for secret in (str(trained_run), "/tmp", "Traceback", TOKEN):
+        assert secret not in r.text
+    assert r.headers["x-content-type-options"] == "nosniff"
     assert httpx.get(server + "/healthz").status_code == 200  # and the server lives on
 
 
-def test_wrong_method_and_path(server):
-    assert httpx.get(server + "/v1/predict").status_code == 405
-    assert httpx.get(server + "/nope").status_code == 404
+def test_wrong_method_and_path(api):
+    assert api.get("/v1/predict").status_code == 405
+    assert api.get("/nope").status_code == 404
+
+
+def test_token_is_required_and_never_shown(server, api, server_log, source_images, trained_run):
+    _, x = source_images
+    body = {"instances": [img.tolist() for img in x[:4]]}
+    wrong = {"Authorization": "Bearer " + TOKEN[:-1] + "x"}
+    for headers in ({}, wrong, {"Authorization": TOKEN}, {"Authorization": "Basic " + TOKEN}):
+        for method, path, kwargs in (
+            ("POST", "/v1/predict", {"json": body}),
+            ("GET", "/v1/model", {}),
+            ("GET", "/metrics", {}),  # closed by default, whether or not the route exists
+        ):
+            r = httpx.request(method, server + path, headers=headers, **kwargs)
+            assert r.status_code == 401, (headers, path)
+            assert r.headers["www-authenticate"] == "Bearer"
+            assert "Authorization: Bearer" in r.json()["error"] and TOKEN not in r.text
+    r = api.post("/v1/predict", json=body)
+    assert r.status_code == 200
+    want = predict(trained_run, [Path(load_run(trained_run).info["source"])]).predictions[:4]
+    got = [p["probability"] for p in r.json()["predictions"]]
+    assert got == pytest.approx([w.probability for w in want], abs=1e-5)
+    log = server_log.read_text()
+    assert "$L1CNN_SERVE_TOKEN" in log  # where the token came from ...
+    assert TOKEN not in log and TOKEN[:16] not in log  # ... never the token itself
 
 
 def test_limits_and_binding_are_checked(trained_run, capsys):
@@ -228,9 +285,23 @@ def test_page_in_headless_chromium(server, trained_run, tmp_path):
         try:
             page = browser.new_page()
             page.on("request", lambda req: requested.append(req.url))
-            page.goto(server + "/")
-            page.wait_for_function(
-                "document.getElementById('model').textContent.includes('threshold')", timeout=15000
+            console: list[str] = []
+            page.on("console", lambda msg: console.append(msg.text))
+            response = page.goto(server + "/")
+            csp = response.headers["content-security-policy"]
+            # The page has no token yet: it asks for one, and a wrong one is refused.
+            page.wait_for_selector("#auth:not([hidden])", timeout=15000)
+            page.fill("#token", "not-the-token-at-all")
+            page.click("#token-ok")
+            # (wait_for_selector, not wait_for_function: the page's CSP forbids eval)
+            page.wait_for_selector("#auth-message:has-text('Wrong token')", timeout=15000)
+            page.fill("#token", TOKEN)
+            page.press("#token", "Enter")
+            page.wait_for_selector("#model:has-text('threshold')", timeout=15000)
+            auth_hidden = page.is_hidden("#auth")
+            stored = page.evaluate(
+                "[document.cookie, localStorage.length, sessionStorage.length,"
+                " document.getElementById('token').value]"
             )
             page.set_input_files("#file", str(path))
             page.wait_for_selector("#result:not([hidden])", timeout=15000)
@@ -251,12 +322,18 @@ def test_page_in_headless_chromium(server, trained_run, tmp_path):
     assert marker == pytest.approx(100 * load_run(trained_run).threshold)
     assert canvas == [12, 12]
     assert requested and all(u.startswith(server) for u in requested)  # nothing external
+    assert auth_hidden and stored == ["", 0, 0, ""]  # the token lives in a variable only
+    assert "script-src 'sha256-" in csp and "default-src 'none'" in csp
+    assert "unsafe-inline" not in csp and "connect-src 'self'" in csp
+    assert not [m for m in console if "Content Security Policy" in m], console
 
 
 @pytest.mark.slow
 def test_bounded_load_without_errors(server, source_images):
     _, x = source_images
-    result = serve_load.run_load(server, serve_load.request_bodies(x), n_requests=2000, clients=8)
+    result = serve_load.run_load(
+        server, serve_load.request_bodies(x), n_requests=2000, clients=8, headers=AUTH
+    )
     assert result["requests"] == 2000
     assert result["errors"] == 0, result["first_errors"]
     assert 0 < result["p50_ms"] <= result["p99_ms"]

@@ -30,6 +30,7 @@ from l1cnn.config import (
 from l1cnn.errors import ConfigError, DataError, L1CNNError, RunError, TrainingError
 from l1cnn.options import add_options, base_type, field_types, flag, options_from_args
 from l1cnn.runs import check_is_run
+from l1cnn.serve_security import ServeSecurity
 from l1cnn.version import __version__
 
 EXIT_BAD_INPUT = 2
@@ -486,6 +487,7 @@ def add_serve(sub: Subparsers) -> None:
     )
     p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
     add_options(p, ServeLimits)
+    add_options(p, ServeSecurity)
     p.set_defaults(handler=cmd_serve)
 
 
@@ -500,18 +502,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
     check_is_run(args.run)
     from l1cnn.runs import load_run
     from l1cnn.serve import check_can_listen, is_loopback, serve
+    from l1cnn.serve_security import check_tls_files, resolve_token
 
+    security = options_from_args(ServeSecurity, args)
+    loopback = is_loopback(args.host)
+    # Everything that can refuse runs before any socket is bound (check_can_listen binds one).
+    token, warnings = resolve_token(security, args.host, loopback)
+    check_tls_files(security)
     check_can_listen(args.host, args.port)
     run = load_run(args.run)
-    if not is_loopback(args.host):
-        print(
-            f"warning: binding {args.host} makes the model reachable from other machines",
-            file=sys.stderr,
-        )
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if not loopback:
+        print(f"Reachable from other machines at {args.host}", file=sys.stderr)
+    if token is not None:  # where the token is, never the token itself
+        print(f"Token:    {token.source}; clients send Authorization: Bearer <token>")
+    rate = security.rate(loopback)
+    print(f"Limit:    {f'{rate} requests per minute per client' if rate else 'no rate limit'}")
     shown = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"Serving {run.path} at http://{shown}:{args.port}/ (Ctrl-C to stop)", flush=True)
+    scheme = "https" if security.tls_cert else "http"
+    print(f"Serving {run.path} at {scheme}://{shown}:{args.port}/ (Ctrl-C to stop)", flush=True)
     try:
-        serve(run, args.host, args.port, limits)
+        serve(run, args.host, args.port, limits, security, token.value if token else None)
     except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its graceful shutdown
         pass
     print("Stopped.", flush=True)

@@ -3,6 +3,7 @@
 FastAPI on uvicorn. Uploaded images go through the same decoding and resizing as training
 (``data.load_image``), pixel arrays must already have the run's shape. Every limit (request
 bytes, image pixels, batch size) is refused with a JSON error and a 4xx status, never a crash.
+Who may call it and how fast (token, TLS, rate limit, headers, CORS) is ``serve_security``'s.
 """
 
 from __future__ import annotations
@@ -25,7 +26,14 @@ from l1cnn.data import load_image
 from l1cnn.errors import ConfigError, DataError
 from l1cnn.loop import make_predict_fn
 from l1cnn.runs import Run, load_run
-from l1cnn.serve_page import PAGE
+from l1cnn.serve_page import PAGE, PAGE_CSP
+from l1cnn.serve_security import (
+    BearerAuth,
+    RateLimit,
+    SecurityHeaders,
+    ServeSecurity,
+    check_tls_files,
+)
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
@@ -161,6 +169,30 @@ def _decode_upload(
             raise RequestError(400, f"'{name}': truncated or corrupt image") from None
 
 
+async def _pixels_from_upload(
+    request: Request, shape: tuple[int, int, int], limits: ServeLimits
+) -> tuple[np.ndarray, list[str]]:
+    """The images of a multipart upload, decoded off the event loop, and their file names."""
+    try:
+        form = await request.form(max_files=limits.max_batch + 1)
+    except Exception as exc:  # python-multipart raises several types for bad bodies
+        raise RequestError(400, f"bad multipart body: {exc}") from None
+    uploads = [v for _, v in form.multi_items() if hasattr(v, "read")]
+    if not uploads:
+        raise RequestError(400, "no image file in the upload (use the field 'image')")
+    if len(uploads) > limits.max_batch:
+        raise RequestError(413, f"{len(uploads)} files is over the limit of {limits.max_batch}")
+    images = []
+    for up in uploads:
+        data = await up.read()
+        images.append(
+            await run_in_threadpool(
+                _decode_upload, data, up.filename or "upload", shape, limits.max_image_pixels
+            )
+        )
+    return np.stack(images), [up.filename or f"upload-{i}" for i, up in enumerate(uploads)]
+
+
 class Predictor:
     """The run's model behind a lock-free compiled forward function, plus its answers' format."""
 
@@ -218,23 +250,61 @@ class Predictor:
         }
 
 
-def create_app(run: Run | str | Path, limits: ServeLimits | None = None) -> Any:
-    """The FastAPI application for ``run`` (wrapped in the request-size limit).
+def create_app(
+    run: Run | str | Path,
+    limits: ServeLimits | None = None,
+    security: ServeSecurity | None = None,
+    token: str | None = None,
+    loopback: bool = True,
+) -> Any:
+    """The FastAPI application for ``run``, wrapped in its guards.
+
+    From the outside in: security headers, CORS (only with ``allow_origin``), the rate limit,
+    the bearer token (only with ``token``; ``security.open_paths()`` stay open), the body limit.
 
     Args:
         run: a Run or its folder.
         limits: request limits (defaults: 8 MiB, 4096x4096 pixels, 64 images).
+        security: token, rate-limit and CORS options (defaults: ``ServeSecurity()``).
+        token: the bearer token every closed path needs; None serves without one.
+        loopback: whether the address is loopback (picks the default rate limit).
 
     Returns:
         An ASGI application for uvicorn.
     """
     limits = limits or ServeLimits()
-    predictor = Predictor(run if isinstance(run, Run) else load_run(run))
+    security = security or ServeSecurity()
+    app = _api(Predictor(run if isinstance(run, Run) else load_run(run)), limits)
+    guarded: Any = BodyLimit(app, limits.max_request_bytes)
+    if token is not None:
+        guarded = BearerAuth(guarded, token, security.open_paths())
+    if security.rate(loopback):
+        guarded = RateLimit(guarded, security.rate(loopback))
+    if security.allow_origin:
+        from starlette.middleware.cors import CORSMiddleware
+
+        guarded = CORSMiddleware(
+            guarded,
+            allow_origins=[security.allow_origin],
+            allow_methods=["GET", "POST"],
+            allow_headers=["authorization", "content-type"],
+            max_age=600,
+        )
+    return SecurityHeaders(guarded)
+
+
+def _api(predictor: Predictor, limits: ServeLimits) -> FastAPI:
+    """The routes: /healthz, /v1/model, the page at /, /v1/predict."""
     app = FastAPI(title="l1cnn", docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.exception_handler(RequestError)
     async def request_error(_request: Request, exc: RequestError) -> JSONResponse:
         return JSONResponse({"error": exc.message}, status_code=exc.status)
+
+    @app.exception_handler(Exception)
+    async def internal_error(_request: Request, _exc: Exception) -> JSONResponse:
+        # The traceback goes to the server's log, never to the client (it names files).
+        return JSONResponse({"error": "internal error"}, status_code=500)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -246,14 +316,7 @@ def create_app(run: Run | str | Path, limits: ServeLimits | None = None) -> Any:
 
     @app.get("/", response_class=HTMLResponse)
     async def index() -> HTMLResponse:
-        return HTMLResponse(
-            PAGE,
-            headers={
-                "Content-Security-Policy": "default-src 'self'; "
-                "script-src 'unsafe-inline'; style-src "
-                "'unsafe-inline'; img-src 'self' blob: data:"
-            },
-        )
+        return HTMLResponse(PAGE, headers={"Content-Security-Policy": PAGE_CSP})
 
     @app.post("/v1/predict")
     async def predict(request: Request) -> JSONResponse:
@@ -269,31 +332,7 @@ def create_app(run: Run | str | Path, limits: ServeLimits | None = None) -> Any:
             pixels = _pixels_from_json(body["instances"], predictor.shape, limits.max_batch)
             ids = [str(i) for i in range(len(pixels))]
         elif kind == "multipart/form-data":
-            try:
-                form = await request.form(max_files=limits.max_batch + 1)
-            except Exception as exc:  # python-multipart raises several types for bad bodies
-                raise RequestError(400, f"bad multipart body: {exc}") from None
-            uploads = [v for _, v in form.multi_items() if hasattr(v, "read")]
-            if not uploads:
-                raise RequestError(400, "no image file in the upload (use the field 'image')")
-            if len(uploads) > limits.max_batch:
-                raise RequestError(
-                    413, f"{len(uploads)} files is over the limit of {limits.max_batch}"
-                )
-            images = []
-            for up in uploads:
-                data = await up.read()
-                images.append(
-                    await run_in_threadpool(
-                        _decode_upload,
-                        data,
-                        up.filename or "upload",
-                        predictor.shape,
-                        limits.max_image_pixels,
-                    )
-                )
-            pixels = np.stack(images)
-            ids = [up.filename or f"upload-{i}" for i, up in enumerate(uploads)]
+            pixels, ids = await _pixels_from_upload(request, predictor.shape, limits)
         else:
             raise RequestError(
                 415,
@@ -309,7 +348,7 @@ def create_app(run: Run | str | Path, limits: ServeLimits | None = None) -> Any:
                     item["saliency"] = np.round(cam, 3).tolist()
         return JSONResponse(result)
 
-    return BodyLimit(app, limits.max_request_bytes)
+    return app
 
 
 def serve(
@@ -317,6 +356,8 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 8000,
     limits: ServeLimits | None = None,
+    security: ServeSecurity | None = None,
+    token: str | None = None,
 ) -> None:
     """Serve ``run`` with uvicorn until interrupted (blocks).
 
@@ -325,11 +366,23 @@ def serve(
         host: address to bind; loopback by default, so nothing outside this machine can reach it.
         port: TCP port.
         limits: request limits.
+        security: token, TLS, rate-limit and CORS options.
+        token: the bearer token (``serve_security.resolve_token``); None off loopback needs
+            ``security.no_auth``.
+
+    Raises:
+        ConfigError: before anything is bound, for a non-loopback address without a token or
+            ``no_auth``, bad TLS files, or an address that cannot be bound.
     """
     import uvicorn
 
+    security = security or ServeSecurity()
+    loopback = is_loopback(host)
+    if token is None and not loopback and not security.no_auth:
+        raise ConfigError(f"binding {host} needs a token or an explicit no_auth")
+    check_tls_files(security)
     check_can_listen(host, port)
-    app = create_app(run, limits)
+    app = create_app(run, limits, security, token, loopback)
     config = uvicorn.Config(
         app,
         host=host,
@@ -337,6 +390,9 @@ def serve(
         log_level="warning",
         limit_concurrency=64,
         timeout_graceful_shutdown=5,
+        server_header=False,
+        ssl_certfile=security.tls_cert,
+        ssl_keyfile=security.tls_key,
     )
     asyncio.run(uvicorn.Server(config).serve())
 

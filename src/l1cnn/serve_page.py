@@ -1,8 +1,15 @@
 """The page ``l1cnn serve`` answers at ``GET /``: drop an image, see the class, bar and saliency.
 
 Self-contained HTML, CSS and JavaScript (no external scripts, fonts or network); it talks only
-to the same server's ``/v1/model`` and ``/v1/predict?saliency=true``.
+to the same server's ``/v1/model`` and ``/v1/predict?saliency=true``. When the server answers
+401 the page asks for the token once and keeps it in a JavaScript variable (no cookie, no
+storage), sending it as ``Authorization: Bearer``. ``PAGE_CSP`` allows exactly its own inline
+script and style (by hash) and requests to its own origin, nothing else.
 """
+
+import base64
+import hashlib
+import re
 
 PAGE = """<!doctype html>
 <html lang="en">
@@ -36,6 +43,11 @@ PAGE = """<!doctype html>
 <body>
 <h1>l1cnn: try an image</h1>
 <p id="model" class="muted">Loading the model&hellip;</p>
+<div id="auth" hidden>
+  <p id="auth-message">This server needs a token.</p>
+  <label>Token <input id="token" type="password" autocomplete="off" spellcheck="false"></label>
+  <button id="token-ok" type="button">Use token</button>
+</div>
 <label id="drop" for="file">Drop an image here, or click to choose one
   <input id="file" type="file" accept="image/*" hidden>
 </label>
@@ -60,15 +72,47 @@ PAGE = """<!doctype html>
 "use strict";
 const $ = (id) => document.getElementById(id);
 let model = null;
+let token = null;  // kept in memory only: no cookie, no storage
 
-fetch("/v1/model").then((r) => r.json()).then((m) => {
-  model = m;
-  $("model").textContent = `Run ${m.run}: ${m.class_names[0]} or ${m.class_names[1]} ` +
-    `(positive), ${m.image_shape.join("x")} images, threshold ${m.threshold}`;
-  $("positive").textContent = m.class_names[1];
-  $("marker").style.left = (100 * m.threshold) + "%";
-  $("marker-label").textContent = "threshold " + m.threshold;
-}).catch(() => { $("error").textContent = "cannot reach the model"; });
+function auth() { return token ? { Authorization: "Bearer " + token } : {}; }
+
+function askToken(message) {
+  token = null;
+  $("auth-message").textContent = message;
+  $("auth").hidden = false;
+  $("token").focus();
+}
+
+async function loadModel() {
+  try {
+    const response = await fetch("/v1/model", { headers: auth() });
+    if (response.status === 401) {
+      askToken(token ? "Wrong token; try again." : "This server needs a token.");
+      return;
+    }
+    const m = await response.json();
+    if (!response.ok) throw new Error(m.error || "HTTP " + response.status);
+    model = m;
+    $("auth").hidden = true;
+    $("model").textContent = `Run ${m.run}: ${m.class_names[0]} or ${m.class_names[1]} ` +
+      `(positive), ${m.image_shape.join("x")} images, threshold ${m.threshold}`;
+    $("positive").textContent = m.class_names[1];
+    $("marker").style.left = (100 * m.threshold) + "%";
+    $("marker-label").textContent = "threshold " + m.threshold;
+  } catch (err) {
+    $("error").textContent = "cannot reach the model: " + err.message;
+  }
+}
+
+function useToken() {
+  token = $("token").value.trim() || null;
+  $("token").value = "";
+  if (token) loadModel();
+}
+
+$("token-ok").addEventListener("click", useToken);
+$("token").addEventListener("keydown", (e) => { if (e.key === "Enter") useToken(); });
+loadModel();
 
 function draw(item) {
   const h = item.pixels.length, w = item.pixels[0].length;
@@ -93,7 +137,13 @@ async function send(file) {
   const form = new FormData();
   form.append("image", file, file.name);
   try {
-    const response = await fetch("/v1/predict?saliency=true", { method: "POST", body: form });
+    const response = await fetch("/v1/predict?saliency=true", {
+      method: "POST", body: form, headers: auth(),
+    });
+    if (response.status === 401) {
+      askToken("The token was refused; enter it again.");
+      throw new Error("the server wants a token");
+    }
     const body = await response.json();
     if (!response.ok) throw new Error(body.error || "HTTP " + response.status);
     const item = body.predictions[0];
@@ -126,3 +176,19 @@ drop.addEventListener("drop", (e) => {
 </body>
 </html>
 """
+
+
+def _inline_hash(tag: str) -> str:
+    """The CSP source for the one inline ``<tag>`` of PAGE: 'sha256-...' of its exact text."""
+    text = re.search(rf"<{tag}>(.*?)</{tag}>", PAGE, re.S).group(1)
+    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + "'"
+
+
+PAGE_CSP = (
+    "default-src 'none'; "
+    f"script-src {_inline_hash('script')}; "
+    f"style-src {_inline_hash('style')}; "
+    "connect-src 'self'; "
+    "img-src 'self'; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
