@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import l1cnn
 from l1cnn.cli import main
 from l1cnn.errors import ConfigError, ModelError, RunError
 from l1cnn.export import (
@@ -191,3 +195,44 @@ def test_an_export_that_failed_parity_is_refused(run, tmp_path):
         load_export(folder)
     with pytest.raises(RunError, match="not an l1cnn export folder"):
         predict_export(tmp_path, [folder])
+
+
+# Predicts with the CLI, then serves the same export in-process and posts one image; prints the
+# CSV, the served probability and the top-level modules loaded, as JSON on the last line.
+NO_TF_SCRIPT = """
+import json, sys
+import numpy as np
+from fastapi.testclient import TestClient
+from l1cnn.cli import main
+from l1cnn.serve import create_app
+export, image, csv_path = sys.argv[1:]
+code = main(["predict", export, image, "--output", csv_path])
+pixels = np.load(image)["x"][:1]
+served = TestClient(create_app(export)).post("/v1/predict", json={"instances": pixels.tolist()})
+print(json.dumps({"code": code, "status": served.status_code, "served": served.json(),
+                  "modules": sorted({m.split(".")[0] for m in sys.modules})}))
+"""
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "litert"])
+def test_export_folders_predict_and_serve_without_tensorflow(run, test_split, tmp_path, fmt):
+    record = export_run(run, ExportOptions(fmt), out=tmp_path / fmt)
+    image = tmp_path / "one.npz"
+    np.savez(image, x=test_split.images[:2], y=test_split.labels[:2])
+    env = dict(os.environ, PYTHONPATH=str(Path(l1cnn.__file__).resolve().parents[1]))
+    done = subprocess.run(
+        [sys.executable, "-c", NO_TF_SCRIPT, record["path"], str(image), str(tmp_path / "p.csv")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["code"] == 0 and report["status"] == 200
+    assert not {"tensorflow", "keras", "sklearn"} & set(report["modules"])
+    want = predict_split(run.model, test_split)[:2]
+    rows = (tmp_path / "p.csv").read_text().splitlines()[1:]
+    assert [float(r.split(",")[1]) for r in rows] == pytest.approx(want, abs=1e-4)
+    served = report["served"]["predictions"][0]["probability"]
+    assert served == pytest.approx(float(want[0]), abs=1e-4)

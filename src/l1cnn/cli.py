@@ -481,7 +481,11 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 def add_serve(sub: Subparsers) -> None:
     p = sub.add_parser("serve", help="serve a run over HTTP: JSON API and a page to try images")
-    _add_run_argument(p)
+    p.add_argument(
+        "run",
+        metavar="RUN",
+        help="run folder, or an export folder (ONNX and LiteRT exports need no TensorFlow)",
+    )
     p.add_argument(
         "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
     )
@@ -499,9 +503,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "l1cnn serve needs fastapi, uvicorn and python-multipart: pip install 'l1cnn[deploy]'"
         )
     limits = options_from_args(ServeLimits, args)
-    check_is_run(args.run)
-    from l1cnn.runs import load_run
-    from l1cnn.serve import check_can_listen, is_loopback, serve
+    from l1cnn.exported import is_export_folder
+
+    if not is_export_folder(args.run):  # an ONNX or LiteRT export serves without TensorFlow
+        check_is_run(args.run)
+    from l1cnn.serve import check_can_listen, is_loopback, predictor_for, serve
     from l1cnn.serve_security import check_tls_files, resolve_token
 
     security = options_from_args(ServeSecurity, args)
@@ -510,7 +516,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     token, warnings = resolve_token(security, args.host, loopback)
     check_tls_files(security)
     check_can_listen(args.host, args.port)
-    run = load_run(args.run)
+    predictor = predictor_for(args.run)  # loads the model: a bad one stops here
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if not loopback:
@@ -521,9 +527,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"Limit:    {f'{rate} requests per minute per client' if rate else 'no rate limit'}")
     shown = f"[{args.host}]" if ":" in args.host else args.host
     scheme = "https" if security.tls_cert else "http"
-    print(f"Serving {run.path} at {scheme}://{shown}:{args.port}/ (Ctrl-C to stop)", flush=True)
+    print(
+        f"Serving {Path(args.run)} at {scheme}://{shown}:{args.port}/ (Ctrl-C to stop)", flush=True
+    )
     try:
-        serve(run, args.host, args.port, limits, security, token.value if token else None)
+        serve(predictor, args.host, args.port, limits, security, token.value if token else None)
     except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its graceful shutdown
         pass
     print("Stopped.", flush=True)

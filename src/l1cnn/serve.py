@@ -24,7 +24,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from l1cnn.config import ServeLimits, config_to_dict
 from l1cnn.data import load_image
 from l1cnn.errors import ConfigError, DataError
-from l1cnn.loop import make_predict_fn
+from l1cnn.exported import ExportedModel, is_export_folder, load_export
 from l1cnn.runs import Run, load_run
 from l1cnn.serve_page import PAGE, PAGE_CSP
 from l1cnn.serve_security import (
@@ -194,26 +194,19 @@ async def _pixels_from_upload(
 
 
 class Predictor:
-    """The run's model behind a lock-free compiled forward function, plus its answers' format."""
+    """What the routes need of a model: its input shape, classes, threshold and answers."""
 
-    def __init__(self, run: Run) -> None:
-        self.run = run
-        self.shape = run.image_shape
-        self.names = run.class_names
-        self.threshold = run.threshold
-        self._forward = make_predict_fn(run.model)
+    shape: tuple[int, int, int]
+    names: list[str]
+    threshold: float
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:
         """Probabilities (N,) for float32 pixels (N, H, W, C)."""
-        return self._forward(pixels)
+        raise NotImplementedError
 
     def saliency(self, pixels: np.ndarray, probs: np.ndarray) -> np.ndarray | None:
         """Grad-CAM maps (N, H, W) toward each image's predicted class (None if unavailable)."""
-        try:
-            from l1cnn.explain import grad_cam
-        except ImportError:  # the explain module is optional for serving
-            return None
-        return grad_cam(self.run.model, pixels, probs >= self.threshold)
+        return None
 
     def answer(self, probs: np.ndarray, ids: list[str]) -> list[dict[str, Any]]:
         """One JSON object per image."""
@@ -228,7 +221,32 @@ class Predictor:
         ]
 
     def describe(self, limits: ServeLimits) -> dict[str, Any]:
-        """What ``GET /v1/model`` returns: classes, threshold, config, metrics summary, limits."""
+        """What ``GET /v1/model`` returns."""
+        raise NotImplementedError
+
+
+class RunPredictor(Predictor):
+    """A run's Keras model behind a lock-free compiled forward function."""
+
+    def __init__(self, run: Run) -> None:
+        from l1cnn.loop import make_predict_fn
+
+        self.run = run
+        self.shape = run.image_shape
+        self.names = run.class_names
+        self.threshold = run.threshold
+        self._forward = make_predict_fn(run.model)
+
+    def predict(self, pixels: np.ndarray) -> np.ndarray:
+        return self._forward(pixels)
+
+    def saliency(self, pixels: np.ndarray, probs: np.ndarray) -> np.ndarray | None:
+        from l1cnn.explain import grad_cam
+
+        return grad_cam(self.run.model, pixels, probs >= self.threshold)
+
+    def describe(self, limits: ServeLimits) -> dict[str, Any]:
+        """Classes, threshold, config, metrics summary, limits."""
         metrics = {
             split: {
                 k: self.run.metrics[split].get(k)
@@ -250,8 +268,50 @@ class Predictor:
         }
 
 
+class ExportPredictor(Predictor):
+    """An export folder run in its own runtime: ONNX and LiteRT need no TensorFlow.
+
+    It answers like its run (same preprocessing, threshold and classes); saliency needs the
+    Keras model, so it has none.
+    """
+
+    def __init__(self, exported: ExportedModel) -> None:
+        self.exported = exported
+        self.shape = exported.image_shape
+        self.names = exported.class_names
+        self.threshold = exported.threshold
+
+    def predict(self, pixels: np.ndarray) -> np.ndarray:
+        return self.exported.predict(pixels)
+
+    def describe(self, limits: ServeLimits) -> dict[str, Any]:
+        """Classes, threshold, the export's format and parity check, limits."""
+        return {
+            "run": self.exported.path.name,
+            "export_format": self.exported.format,
+            "class_names": self.names,
+            "positive_class": self.names[1],
+            "threshold": self.threshold,
+            "image_shape": list(self.shape),
+            "input": "pixels 0..255, shape [H, W, C] (or [H, W] for one channel)",
+            "parity": self.exported.info.get("parity"),
+            "limits": asdict(limits),
+        }
+
+
+def predictor_for(source: Predictor | Run | str | Path) -> Predictor:
+    """The predictor of a Run, a run folder, or an export folder (``l1cnn export``)."""
+    if isinstance(source, Predictor):
+        return source
+    if isinstance(source, Run):
+        return RunPredictor(source)
+    if is_export_folder(source):
+        return ExportPredictor(load_export(source))
+    return RunPredictor(load_run(source))
+
+
 def create_app(
-    run: Run | str | Path,
+    run: Predictor | Run | str | Path,
     limits: ServeLimits | None = None,
     security: ServeSecurity | None = None,
     token: str | None = None,
@@ -263,7 +323,7 @@ def create_app(
     the bearer token (only with ``token``; ``security.open_paths()`` stay open), the body limit.
 
     Args:
-        run: a Run or its folder.
+        run: a Run, its folder, or an export folder (ONNX and LiteRT run without TensorFlow).
         limits: request limits (defaults: 8 MiB, 4096x4096 pixels, 64 images).
         security: token, rate-limit and CORS options (defaults: ``ServeSecurity()``).
         token: the bearer token every closed path needs; None serves without one.
@@ -274,7 +334,7 @@ def create_app(
     """
     limits = limits or ServeLimits()
     security = security or ServeSecurity()
-    app = _api(Predictor(run if isinstance(run, Run) else load_run(run)), limits)
+    app = _api(predictor_for(run), limits)
     guarded: Any = BodyLimit(app, limits.max_request_bytes)
     if token is not None:
         guarded = BearerAuth(guarded, token, security.open_paths())
@@ -352,7 +412,7 @@ def _api(predictor: Predictor, limits: ServeLimits) -> FastAPI:
 
 
 def serve(
-    run: Run | str | Path,
+    run: Predictor | Run | str | Path,
     host: str = "127.0.0.1",
     port: int = 8000,
     limits: ServeLimits | None = None,
@@ -362,7 +422,7 @@ def serve(
     """Serve ``run`` with uvicorn until interrupted (blocks).
 
     Args:
-        run: a Run or its folder.
+        run: a Run, its folder, an export folder, or a Predictor.
         host: address to bind; loopback by default, so nothing outside this machine can reach it.
         port: TCP port.
         limits: request limits.
