@@ -20,6 +20,8 @@ import tomli_w
 from l1cnn.errors import ConfigError
 
 CLASS_WEIGHT_CHOICES = ("none", "balanced")
+LR_SCHEDULES = ("constant", "plateau", "cosine")
+SAMPLING_CHOICES = ("none", "oversample")
 L1_MODES = ("penalty", "proximal")
 # Threshold rules: a number, or chosen on validation by l1cnn.evaluate.choose_threshold.
 THRESHOLD_RULES = ("f1", "youden", "recall=X", "precision=X")
@@ -105,6 +107,28 @@ class TrainConfig:
     class_weight: str = "none"  # "none" (as specified) or "balanced"
     seed: int = 42
     threshold: str = "0.5"  # decision threshold rule, chosen on the validation split
+    min_delta: float = field(
+        default=0.0,
+        metadata={"help": "smallest val_loss decrease that counts as improvement (as Keras)"},
+    )
+    lr_schedule: str = field(
+        default="constant",
+        metadata={
+            "help": "constant (as specified), plateau (halve after 2 epochs without val_loss "
+            "improvement) or cosine (per epoch, down towards 0)"
+        },
+    )
+    sampling: str = field(
+        default="none",
+        metadata={"help": "none (as specified) or oversample (repeat the minority class)"},
+    )
+    stop_on_collapse: bool = field(
+        default=True,
+        metadata={
+            "help": "stop after `patience` epochs in a row of constant or chance-level "
+            "validation predictions (status collapsed)"
+        },
+    )
 
 
 @dataclass(frozen=True)
@@ -140,6 +164,12 @@ KEY_HELP = {
     "class_weight": "none, or balanced (weights the loss by inverse class frequency)",
     "seed": "seed for the split, initial weights, shuffling and dropout",
     "threshold": "0.5 (any number), f1, youden, recall=X or precision=X; chosen on validation",
+    "lr_schedule": "constant (as specified), plateau (halve after 2 epochs without val_loss "
+    "improvement) or cosine (per epoch, down towards 0)",
+    "sampling": "none (as specified) or oversample (repeat the minority class)",
+    "min_delta": "smallest val_loss decrease that counts as improvement (as Keras)",
+    "stop_on_collapse": "stop after `patience` epochs in a row of constant or chance-level "
+    "validation predictions (status collapsed)",
 }
 
 SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
@@ -240,6 +270,19 @@ def _check_ranges(config: Config) -> None:
     need(t.batch_size >= 1, "train.batch_size", "must be >= 1", t.batch_size)
     need(t.epochs >= 1, "train.epochs", "must be >= 1", t.epochs)
     need(t.patience >= 0, "train.patience", "must be >= 0", t.patience)
+    need(t.min_delta >= 0, "train.min_delta", "must be >= 0", t.min_delta)
+    need(
+        t.lr_schedule in LR_SCHEDULES,
+        "train.lr_schedule",
+        f"must be one of {LR_SCHEDULES}",
+        t.lr_schedule,
+    )
+    need(
+        t.sampling in SAMPLING_CHOICES,
+        "train.sampling",
+        f"must be one of {SAMPLING_CHOICES}",
+        t.sampling,
+    )
     need(
         t.class_weight in CLASS_WEIGHT_CHOICES,
         "train.class_weight",

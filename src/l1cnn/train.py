@@ -11,6 +11,7 @@ from typing import Any
 import keras
 
 from l1cnn import backup, outputs, runs
+from l1cnn.callbacks import CollapseGuard, make_callbacks
 from l1cnn.config import Config, replace
 from l1cnn.data import (
     PREDICT_CHUNK,
@@ -70,7 +71,7 @@ def resume(
 
     Returns:
         The TrainResult of the completed run, or None when the run had already finished
-        (status completed, early_stopped or diverged): then nothing is done.
+        (a status in ``runs.FINAL_STATUSES``): then nothing is done.
 
     Raises:
         RunError: not a run folder, a live trainer holds it, or its backup is unreadable.
@@ -205,15 +206,21 @@ def _open_run(
 
 
 class _Backup(EpochCallback):
-    """Save weights, optimizer, RNG and early-stopping state after every finished epoch."""
+    """Save weights, optimizer, RNG, early-stopping and callback state after every epoch."""
 
-    def __init__(self, run_dir: Path, model: keras.Model, done: list, stopper: Any) -> None:
+    def __init__(
+        self, run_dir: Path, model: keras.Model, done: list, stopper: Any, stateful: list
+    ) -> None:
         self.run_dir, self.model, self.done, self.stopper = run_dir, model, done, stopper
+        self.stateful = stateful  # callbacks with state_key / get_state (l1cnn.callbacks)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
         self.done.append(logs)
+        states = {c.state_key: c.get_state() for c in self.stateful}
         try:
-            state = backup.capture(self.model, self.model.optimizer, self.done, self.stopper)
+            state = backup.capture(
+                self.model, self.model.optimizer, self.done, self.stopper, states
+            )
             backup.save(self.run_dir, state)
         except OSError as exc:
             raise RunError(
@@ -244,11 +251,19 @@ def _fit_run(opened: OpenRun, model: keras.Model, verbose: bool) -> FitResult:
     val = dataset.splits["val"]
     data = FitData(train_batches, make_tf_dataset(val, PREDICT_CHUNK), val.labels)
     stopper = make_early_stopping(config)
-    if state is not None:  # weights, optimizer, dropout RNG, early stopping
+    stateful = make_callbacks(config, model.optimizer, val.labels)
+    if state is not None:  # weights, optimizer, dropout RNG, early stopping, callbacks
         backup.restore(state, model, model.optimizer, stopper)
+        for callback in stateful:
+            if callback.state_key in state.callbacks:
+                callback.set_state(state.callbacks[callback.state_key])
     done = list(state.history) if state is not None else []
-    callbacks = [ProgressBar()] if verbose else []
-    callbacks.append(_Backup(opened.run_dir, model, done, stopper))
+    schedules = [c for c in stateful if not isinstance(c, CollapseGuard)]
+    guards = [c for c in stateful if isinstance(c, CollapseGuard)]
+    callbacks: list[EpochCallback] = [ProgressBar()] if verbose else []
+    # The schedule changes the rate before the backup saves it; the guard comes after the
+    # backup, so the epoch it stops on is saved with its counter (resume then stops at once).
+    callbacks += [*schedules, _Backup(opened.run_dir, model, done, stopper, stateful), *guards]
     # Streamed images are decoded during training: one that changed since the scan stops it.
     with image_read_errors(_resume_advice(opened.run_dir)):
         return fit(
