@@ -33,6 +33,7 @@ from l1cnn.loop import (
     make_early_stopping,
 )
 from l1cnn.model import build_model, compile_model
+from l1cnn.sampling import oversample_index
 
 
 @dataclass
@@ -240,8 +241,11 @@ def _fit_run(opened: OpenRun, model: keras.Model, verbose: bool) -> FitResult:
     weights = opened.info["class_weight"]
 
     def train_batches(epoch: int) -> Any:  # a fresh shuffle per epoch, seeded by (seed, epoch)
+        split = dataset.splits["train"]
+        if config.train.sampling == "oversample":  # minority drawn again, by (seed, epoch)
+            split = split.take(oversample_index(split.labels, config.train.seed, epoch))
         return make_tf_dataset(
-            dataset.splits["train"],
+            split,
             config.train.batch_size,
             shuffle=True,
             seed=epoch_shuffle_seed(config.train.seed, epoch),
