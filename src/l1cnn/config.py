@@ -132,12 +132,40 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class AugmentConfig:
+    """Random changes to training batches only (all off: the specified model)."""
+
+    horizontal_flip: bool = field(
+        default=False, metadata={"help": "flip training images left-right at random"}
+    )
+    vertical_flip: bool = field(
+        default=False, metadata={"help": "flip training images upside down at random"}
+    )
+    rotation: float = field(
+        default=0.0, metadata={"help": "rotate by up to this fraction of a full turn, in [0, 0.5]"}
+    )
+    zoom: float = field(
+        default=0.0, metadata={"help": "zoom in or out by up to this fraction, in [0, 1)"}
+    )
+    translation: float = field(
+        default=0.0, metadata={"help": "shift by up to this fraction of the size, in [0, 1)"}
+    )
+    contrast: float = field(
+        default=0.0, metadata={"help": "change contrast by up to this factor, in [0, 1)"}
+    )
+    brightness: float = field(
+        default=0.0, metadata={"help": "add up to this fraction of 255 to brightness, in [0, 1]"}
+    )
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything a run needs besides the data path."""
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 KEY_HELP = {
@@ -167,12 +195,24 @@ KEY_HELP = {
     "lr_schedule": "constant (as specified), plateau (halve after 2 epochs without val_loss "
     "improvement) or cosine (per epoch, down towards 0)",
     "sampling": "none (as specified) or oversample (repeat the minority class)",
+    "horizontal_flip": "flip training images left-right at random",
+    "vertical_flip": "flip training images upside down at random",
+    "rotation": "rotate by up to this fraction of a full turn, in [0, 0.5]",
+    "zoom": "zoom in or out by up to this fraction, in [0, 1)",
+    "translation": "shift by up to this fraction of the size, in [0, 1)",
+    "contrast": "change contrast by up to this factor, in [0, 1)",
+    "brightness": "add up to this fraction of 255 to brightness, in [0, 1]",
     "min_delta": "smallest val_loss decrease that counts as improvement (as Keras)",
     "stop_on_collapse": "stop after `patience` epochs in a row of constant or chance-level "
     "validation predictions (status collapsed)",
 }
 
-SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "augment": AugmentConfig,
+}
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -291,6 +331,12 @@ def _check_ranges(config: Config) -> None:
     )
     need(t.seed >= 0, "train.seed", "must be >= 0", t.seed)
     parse_threshold_rule(t.threshold)  # raises ConfigError for a malformed rule
+    a = config.augment
+    need(0 <= a.rotation <= 0.5, "augment.rotation", "must be in [0, 0.5]", a.rotation)
+    for key in ("zoom", "translation", "contrast"):
+        value = getattr(a, key)
+        need(0 <= value < 1, f"augment.{key}", "must be in [0, 1)", value)
+    need(0 <= a.brightness <= 1, "augment.brightness", "must be in [0, 1]", a.brightness)
 
 
 def config_from_dict(raw: dict[str, Any], base: Config | None = None) -> Config:

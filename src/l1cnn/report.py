@@ -630,6 +630,17 @@ def plot_saliency(run: RunFiles) -> Plot | None:
     )
 
 
+# --- augmentation grid (issue 14): drawn by l1cnn.augment at training time, shown as is ---
+def plot_augmented_samples(run: RunFiles) -> Plot | None:
+    """The run's grid of augmented training images (``augment_samples.png``), if any."""
+    path = run.path / "augment_samples.png"
+    if not path.is_file():
+        return None
+    caption = "Training images (left) and four random augmentations of each (training only)."
+    return Plot("augmented_samples", "Augmented training samples", caption, path.read_bytes())
+
+
+# --- end augmentation grid ---
 PLOTTERS: list[Callable[[RunFiles], Plot | None]] = [
     plot_learning_curves,
     plot_roc,
@@ -641,6 +652,7 @@ PLOTTERS: list[Callable[[RunFiles], Plot | None]] = [
     plot_weights,
     plot_wrong,
     plot_saliency,
+    plot_augmented_samples,
 ]
 
 

@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 
-from l1cnn import backup, outputs, runs
+from l1cnn import augment, backup, outputs, runs
 from l1cnn.callbacks import CollapseGuard, make_callbacks
 from l1cnn.config import Config, replace
 from l1cnn.data import (
@@ -203,6 +204,14 @@ def _open_run(
     if resume:
         info, state = _resumed_info(run_dir, summary, info)
     outputs.write_run_records(run_dir, config, info, summary, dataset.split_ids())
+    if augment.enabled(config.augment):  # a grid of augmented training images, for the report
+        train_split = dataset.splits["train"]
+        first = np.arange(min(6, len(train_split)))
+        pixels = (
+            train_split.images.read(first) if train_split.streamed else train_split.images[first]
+        )
+        with outputs.writing_to(run_dir):
+            augment.write_samples_grid(run_dir, pixels, config.augment, config.train.seed)
     return OpenRun(config, dataset, run_dir, info, summary, state, started[0])
 
 
@@ -244,13 +253,14 @@ def _fit_run(opened: OpenRun, model: keras.Model, verbose: bool) -> FitResult:
         split = dataset.splits["train"]
         if config.train.sampling == "oversample":  # minority drawn again, by (seed, epoch)
             split = split.take(oversample_index(split.labels, config.train.seed, epoch))
-        return make_tf_dataset(
+        batches = make_tf_dataset(
             split,
             config.train.batch_size,
             shuffle=True,
             seed=epoch_shuffle_seed(config.train.seed, epoch),
             weights=weights,
-        )
+        )  # augmentation (off by default) on training batches only, seeded by (seed, epoch)
+        return augment.augment_dataset(batches, config.augment, config.train.seed, epoch)
 
     val = dataset.splits["val"]
     data = FitData(train_batches, make_tf_dataset(val, PREDICT_CHUNK), val.labels)
