@@ -38,6 +38,9 @@ class TrainingState:
     rng: list[np.ndarray]  # states of the model's random seed generators (dropout)
     early_stopping: dict[str, Any] | None = None  # best, best_epoch, wait
     best_weights: list[np.ndarray] | None = field(default=None, repr=False)
+    # JSON-able states of stateful epoch callbacks by their state_key (l1cnn.callbacks): the
+    # collapse guard's counter, the plateau schedule's best and wait. Absent in older backups.
+    callbacks: dict[str, Any] = field(default_factory=dict)
 
 
 def rng_variables(model: keras.Model) -> list[keras.Variable]:
@@ -54,6 +57,7 @@ def capture(
     optimizer: keras.optimizers.Optimizer,
     history: list[dict[str, float]],
     early_stopping: EarlyStopping | None,
+    callbacks: dict[str, Any] | None = None,
 ) -> TrainingState:
     """Snapshot the training state after the last epoch in ``history``.
 
@@ -62,6 +66,7 @@ def capture(
         optimizer: its optimizer (built by the first step).
         history: one dict of logs per finished epoch.
         early_stopping: the early-stopping tracker, or None when it is off.
+        callbacks: JSON-able callback states by key (see :class:`TrainingState`).
 
     Returns:
         A TrainingState holding copies of every array.
@@ -84,6 +89,7 @@ def capture(
         rng=[np.array(v) for v in rng_variables(model)],
         early_stopping=stopper,
         best_weights=best,
+        callbacks=dict(callbacks or {}),
     )
 
 
@@ -98,6 +104,7 @@ def save(run_dir: str | Path, state: TrainingState) -> Path:
         "epoch": state.epoch,
         "history": state.history,
         "early_stopping": state.early_stopping,
+        "callbacks": state.callbacks,
         "counts": {
             "w": len(state.weights),
             "o": len(state.optimizer),
@@ -148,6 +155,7 @@ def load(run_dir: str | Path) -> TrainingState | None:
             rng=listed("r"),
             early_stopping=meta["early_stopping"],
             best_weights=listed("b") if counts["b"] >= 0 else None,
+            callbacks=dict(meta.get("callbacks") or {}),
         )
     except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as exc:
         raise RunError(f"backup '{path}' cannot be read ({exc}); the run cannot resume") from None

@@ -218,6 +218,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "early_stopped": f"early stopping after epoch {result.epochs_run}",
         "completed": f"all {result.epochs_run} epochs",
         "interrupted": f"interrupted after {result.epochs_run} epochs",
+        "collapsed": f"stopped after epoch {result.epochs_run}: the model collapsed",
     }[result.status]
     print()
     print(f"Run:      {result.run_dir}")
@@ -237,6 +238,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if diagnosis["collapsed"]:
         print(f"WARNING:  {'; '.join(diagnosis['reasons'])}.")
         print(f"          {diagnosis['advice']}")
+    elif result.status == "collapsed":  # the best epoch's weights came back less collapsed
+        print(f"WARNING:  {result.message}.")
     report = Path(result.run_dir) / "report.html"
     if report.exists():
         print(f"Report:   {report}")

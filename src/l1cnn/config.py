@@ -20,6 +20,8 @@ import tomli_w
 from l1cnn.errors import ConfigError
 
 CLASS_WEIGHT_CHOICES = ("none", "balanced")
+LR_SCHEDULES = ("constant", "plateau", "cosine")
+SAMPLING_CHOICES = ("none", "oversample")
 L1_MODES = ("penalty", "proximal")
 # Threshold rules: a number, or chosen on validation by l1cnn.evaluate.choose_threshold.
 THRESHOLD_RULES = ("f1", "youden", "recall=X", "precision=X")
@@ -127,6 +129,31 @@ class TrainConfig:
     threshold: str = _opt(
         "0.5", "0.5 (any number), f1, youden, recall=X or precision=X; chosen on validation"
     )
+    min_delta: float = _opt(0.0, "smallest val_loss decrease that counts as improvement (as Keras)")
+    lr_schedule: str = _opt(
+        "constant",
+        "constant (as specified), plateau (halve after 2 epochs without val_loss improvement) "
+        "or cosine (per epoch, down towards 0)",
+    )
+    sampling: str = _opt("none", "none (as specified) or oversample (repeat the minority class)")
+    stop_on_collapse: bool = _opt(
+        True,
+        "stop after `patience` epochs in a row of constant or chance-level validation "
+        "predictions (status collapsed)",
+    )
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Random changes to training batches only (all off: the specified model)."""
+
+    horizontal_flip: bool = _opt(False, "flip training images left-right at random")
+    vertical_flip: bool = _opt(False, "flip training images upside down at random")
+    rotation: float = _opt(0.0, "rotate by up to this fraction of a full turn, in [0, 0.5]")
+    zoom: float = _opt(0.0, "zoom in or out by up to this fraction, in [0, 1)")
+    translation: float = _opt(0.0, "shift by up to this fraction of the size, in [0, 1)")
+    contrast: float = _opt(0.0, "change contrast by up to this factor, in [0, 1)")
+    brightness: float = _opt(0.0, "add up to this fraction of 255 to brightness, in [0, 1]")
 
 
 @dataclass(frozen=True)
@@ -136,6 +163,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 # Options of the export, prune and serve commands: plain values here, so the command line can
@@ -228,7 +256,12 @@ class ServeLimits:
                 raise ConfigError(f"serve limit {name} must be >= 1, got {value}")
 
 
-SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "augment": AugmentConfig,
+}
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -326,6 +359,19 @@ def _check_ranges(config: Config) -> None:
     need(t.batch_size >= 1, "train.batch_size", "must be >= 1", t.batch_size)
     need(t.epochs >= 1, "train.epochs", "must be >= 1", t.epochs)
     need(t.patience >= 0, "train.patience", "must be >= 0", t.patience)
+    need(t.min_delta >= 0, "train.min_delta", "must be >= 0", t.min_delta)
+    need(
+        t.lr_schedule in LR_SCHEDULES,
+        "train.lr_schedule",
+        f"must be one of {LR_SCHEDULES}",
+        t.lr_schedule,
+    )
+    need(
+        t.sampling in SAMPLING_CHOICES,
+        "train.sampling",
+        f"must be one of {SAMPLING_CHOICES}",
+        t.sampling,
+    )
     need(
         t.class_weight in CLASS_WEIGHT_CHOICES,
         "train.class_weight",
@@ -334,6 +380,12 @@ def _check_ranges(config: Config) -> None:
     )
     need(t.seed >= 0, "train.seed", "must be >= 0", t.seed)
     parse_threshold_rule(t.threshold)  # raises ConfigError for a malformed rule
+    a = config.augment
+    need(0 <= a.rotation <= 0.5, "augment.rotation", "must be in [0, 0.5]", a.rotation)
+    for key in ("zoom", "translation", "contrast"):
+        value = getattr(a, key)
+        need(0 <= value < 1, f"augment.{key}", "must be in [0, 1)", value)
+    need(0 <= a.brightness <= 1, "augment.brightness", "must be in [0, 1]", a.brightness)
 
 
 def config_from_dict(raw: dict[str, Any], base: Config | None = None) -> Config:

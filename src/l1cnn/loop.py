@@ -67,6 +67,7 @@ def make_early_stopping(config: Config) -> EarlyStopping | None:
         monitor="val_loss",
         patience=config.train.patience,
         restore_best_weights=config.train.restore_best_weights,
+        min_delta=config.train.min_delta,
     )
 
 
@@ -77,11 +78,19 @@ class StepSettings:
     l1_lambda: float
     l1_mode: str  # "penalty" or "proximal"
     learning_rate: float
+    # True when a schedule changes the optimizer's learning rate between epochs: the proximal
+    # threshold then reads lr from the optimizer (False keeps the constant, bit for bit).
+    scheduled_lr: bool = False
 
     @classmethod
     def from_config(cls, config: Config) -> StepSettings:
         """The step settings of a run's configuration."""
-        return cls(config.model.l1_lambda, config.model.l1_mode, config.train.learning_rate)
+        return cls(
+            config.model.l1_lambda,
+            config.model.l1_mode,
+            config.train.learning_rate,
+            scheduled_lr=config.train.lr_schedule != "constant",
+        )
 
 
 # Steps run per call of the compiled training function. Each call from Python costs about
@@ -119,7 +128,10 @@ def _make_step_body(
         grads = tape.gradient(objective, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
         if proximal:
-            losses.soft_threshold(kernels, threshold)
+            amount = (
+                optimizer.learning_rate * settings.l1_lambda if settings.scheduled_lr else threshold
+            )
+            losses.soft_threshold(kernels, amount)
         correct = tf.reduce_sum(
             tf.cast(tf.equal(tf.cast(tf.reshape(prob, [-1]) > 0.5, tf.float32), y), tf.float32)
         )
@@ -259,8 +271,15 @@ class EpochCallback:
     """Hooks the loop calls around each epoch; subclasses override what they need.
 
     ``on_epoch_end`` runs after early stopping has seen the epoch, so a callback that saves
-    state (the backup) saves the stopper's too; it may raise :class:`StopTraining`.
+    state (the backup) saves the stopper's too; it may raise :class:`StopTraining`, as may
+    ``on_train_begin`` (a resumed run whose saved state already says stop).
     """
+
+    def on_train_begin(self, done: list[dict[str, float]]) -> None:
+        """Training starts (or resumes) after the epochs in ``done``."""
+
+    def on_validation(self, epoch: int, val_prob: np.ndarray) -> None:
+        """Epoch ``epoch``'s validation probabilities, before any ``on_epoch_end``."""
 
     def on_epoch_begin(self, epoch: int, epochs: int, n_batches: int | None) -> None:
         """Epoch ``epoch`` of ``epochs`` starts (``n_batches`` None: unknown length)."""
@@ -408,6 +427,8 @@ def fit(
     # A resumed run whose last finished epoch had already triggered early stopping: stop now.
     stopped = early_stopping is not None and 0 < tracker.wait and tracker.wait >= tracker.patience
     try:
+        for callback in callbacks:
+            callback.on_train_begin(history)
         for epoch in range(len(history) + 1, (len(history) if stopped else epochs) + 1):
             started = time.perf_counter()
             epoch_ds = data.train_batches(epoch)
@@ -426,6 +447,8 @@ def fit(
             if early_stopping is None:
                 last_good = model.get_weights()
             stop = tracker.update(epoch, logs, model)
+            for callback in callbacks:
+                callback.on_validation(epoch, val_prob)
             for callback in callbacks:
                 callback.on_epoch_end(epoch, logs)
             if stop and early_stopping is not None:

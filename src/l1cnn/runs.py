@@ -37,7 +37,7 @@ BACKUP_FILE = "backup.npz"
 EXPLAIN_FILE = "explain.npz"  # written by l1cnn.explain, drawn by the report
 LOCK_FILE = "train.lock"
 # A run with one of these statuses is finished: `l1cnn train --resume` leaves it alone.
-FINAL_STATUSES = ("completed", "early_stopped", "diverged")
+FINAL_STATUSES = ("completed", "early_stopped", "diverged", "collapsed")
 
 
 def _umask_permissions(fd: int) -> None:

@@ -164,7 +164,9 @@ def plan_trials(
         names = {reference_key: "specified", **names}
     trials = []
     for (model, train_cfg), name in names.items():
-        config = config_from_dict({}, base=Config(data=base.data, model=model, train=train_cfg))
+        config = config_from_dict(
+            {}, base=Config(data=base.data, model=model, train=train_cfg, augment=base.augment)
+        )
         for seed in seeds:
             config_seed = config_from_dict({"train": {"seed": seed}}, base=config)
             trials.append(Trial(name, seed, config_seed, out / TRIALS_DIR / name / f"seed-{seed}"))
@@ -183,7 +185,11 @@ def is_finished(trial: Trial) -> bool:
         saved = runs.read_run_config(run_dir)
     except (OSError, ValueError, L1CNNError):
         return False
-    return saved.model == trial.config.model and saved.train == trial.config.train
+    return (
+        saved.model == trial.config.model
+        and saved.train == trial.config.train
+        and saved.augment == trial.config.augment
+    )
 
 
 def sparsity(model: Any) -> dict[str, float]:

@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 
-from l1cnn import backup, outputs, runs
+from l1cnn import augment, backup, outputs, runs
+from l1cnn.callbacks import CollapseGuard, make_callbacks
 from l1cnn.config import Config, replace
 from l1cnn.data import (
     PREDICT_CHUNK,
@@ -32,6 +34,7 @@ from l1cnn.loop import (
     make_early_stopping,
 )
 from l1cnn.model import build_model, compile_model
+from l1cnn.sampling import oversample_index
 
 
 @dataclass
@@ -72,7 +75,7 @@ def resume(
 
     Returns:
         The TrainResult of the completed run, or None when the run had already finished
-        (status completed, early_stopped or diverged): then nothing is done.
+        (a status in ``runs.FINAL_STATUSES``): then nothing is done.
 
     Raises:
         RunError: not a run folder, a live trainer holds it, or its backup is unreadable.
@@ -206,19 +209,33 @@ def _open_run(
     if resume:
         info, state = _resumed_info(run_dir, summary, info)
     outputs.write_run_records(run_dir, config, info, summary, dataset.split_ids())
+    if augment.enabled(config.augment):  # a grid of augmented training images, for the report
+        train_split = dataset.splits["train"]
+        first = np.arange(min(6, len(train_split)))
+        pixels = (
+            train_split.images.read(first) if train_split.streamed else train_split.images[first]
+        )
+        with outputs.writing_to(run_dir):
+            augment.write_samples_grid(run_dir, pixels, config.augment, config.train.seed)
     return OpenRun(config, dataset, run_dir, info, summary, state, started[0])
 
 
 class _Backup(EpochCallback):
-    """Save weights, optimizer, RNG and early-stopping state after every finished epoch."""
+    """Save weights, optimizer, RNG, early-stopping and callback state after every epoch."""
 
-    def __init__(self, run_dir: Path, model: keras.Model, done: list, stopper: Any) -> None:
+    def __init__(
+        self, run_dir: Path, model: keras.Model, done: list, stopper: Any, stateful: list
+    ) -> None:
         self.run_dir, self.model, self.done, self.stopper = run_dir, model, done, stopper
+        self.stateful = stateful  # callbacks with state_key / get_state (l1cnn.callbacks)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
         self.done.append(logs)
+        states = {c.state_key: c.get_state() for c in self.stateful}
         try:
-            state = backup.capture(self.model, self.model.optimizer, self.done, self.stopper)
+            state = backup.capture(
+                self.model, self.model.optimizer, self.done, self.stopper, states
+            )
             backup.save(self.run_dir, state)
         except OSError as exc:
             raise RunError(
@@ -238,22 +255,34 @@ def _fit_run(opened: OpenRun, model: keras.Model, verbose: bool) -> FitResult:
     weights = opened.info["class_weight"]
 
     def train_batches(epoch: int) -> Any:  # a fresh shuffle per epoch, seeded by (seed, epoch)
-        return make_tf_dataset(
-            dataset.splits["train"],
+        split = dataset.splits["train"]
+        if config.train.sampling == "oversample":  # minority drawn again, by (seed, epoch)
+            split = split.take(oversample_index(split.labels, config.train.seed, epoch))
+        batches = make_tf_dataset(
+            split,
             config.train.batch_size,
             shuffle=True,
             seed=epoch_shuffle_seed(config.train.seed, epoch),
             weights=weights,
-        )
+        )  # augmentation (off by default) on training batches only, seeded by (seed, epoch)
+        return augment.augment_dataset(batches, config.augment, config.train.seed, epoch)
 
     val = dataset.splits["val"]
     data = FitData(train_batches, make_tf_dataset(val, PREDICT_CHUNK), val.labels)
     stopper = make_early_stopping(config)
-    if state is not None:  # weights, optimizer, dropout RNG, early stopping
+    stateful = make_callbacks(config, model.optimizer, val.labels)
+    if state is not None:  # weights, optimizer, dropout RNG, early stopping, callbacks
         backup.restore(state, model, model.optimizer, stopper)
+        for callback in stateful:
+            if callback.state_key in state.callbacks:
+                callback.set_state(state.callbacks[callback.state_key])
     done = list(state.history) if state is not None else []
-    callbacks = [ProgressBar()] if verbose else []
-    callbacks.append(_Backup(opened.run_dir, model, done, stopper))
+    schedules = [c for c in stateful if not isinstance(c, CollapseGuard)]
+    guards = [c for c in stateful if isinstance(c, CollapseGuard)]
+    callbacks: list[EpochCallback] = [ProgressBar()] if verbose else []
+    # The schedule changes the rate before the backup saves it; the guard comes after the
+    # backup, so the epoch it stops on is saved with its counter (resume then stops at once).
+    callbacks += [*schedules, _Backup(opened.run_dir, model, done, stopper, stateful), *guards]
     # Streamed images are decoded during training: one that changed since the scan stops it.
     with image_read_errors(_resume_advice(opened.run_dir)):
         return fit(

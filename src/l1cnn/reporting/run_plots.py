@@ -416,6 +416,18 @@ def plot_saliency(run: RunFiles) -> Plot | None:
     )
 
 
+def plot_augmented_samples(run: RunFiles) -> Plot | None:
+    """The run's grid of augmented training images (``augment_samples.png``), if any.
+
+    Drawn by ``l1cnn.augment`` at training time (it needs the augmentation layers), shown as is.
+    """
+    path = run.path / "augment_samples.png"
+    if not path.is_file():
+        return None
+    caption = "Training images (left) and four random augmentations of each (training only)."
+    return Plot("augmented_samples", "Augmented training samples", caption, path.read_bytes())
+
+
 PLOTTERS: list[Callable[[RunFiles], Plot | None]] = [
     plot_learning_curves,
     plot_roc,
@@ -427,6 +439,7 @@ PLOTTERS: list[Callable[[RunFiles], Plot | None]] = [
     plot_weights,
     plot_wrong,
     plot_saliency,
+    plot_augmented_samples,
 ]
 
 
