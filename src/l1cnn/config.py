@@ -105,6 +105,10 @@ class TrainConfig:
     class_weight: str = "none"  # "none" (as specified) or "balanced"
     seed: int = 42
     threshold: str = "0.5"  # decision threshold rule, chosen on the validation split
+    tensorboard: bool = field(
+        default=True,
+        metadata={"help": "write TensorBoard event files into the run folder's tensorboard/"},
+    )
 
 
 @dataclass(frozen=True)
@@ -140,6 +144,7 @@ KEY_HELP = {
     "class_weight": "none, or balanced (weights the loss by inverse class frequency)",
     "seed": "seed for the split, initial weights, shuffling and dropout",
     "threshold": "0.5 (any number), f1, youden, recall=X or precision=X; chosen on validation",
+    "tensorboard": "write TensorBoard event files into the run folder's tensorboard/",
 }
 
 SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}

@@ -268,6 +268,9 @@ class EpochCallback:
     def on_batches(self, done: int, sums: np.ndarray) -> None:
         """``done`` batches of this epoch have run; ``sums`` as in :func:`make_train_steps`."""
 
+    def on_validation(self, epoch: int, val_prob: np.ndarray) -> None:
+        """The validation probabilities of epoch ``epoch``; called just before on_epoch_end."""
+
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
         """Epoch ``epoch`` finished with ``logs`` (one row of the history)."""
 
@@ -427,6 +430,7 @@ def fit(
                 last_good = model.get_weights()
             stop = tracker.update(epoch, logs, model)
             for callback in callbacks:
+                callback.on_validation(epoch, val_prob)
                 callback.on_epoch_end(epoch, logs)
             if stop and early_stopping is not None:
                 status = "early_stopped"
