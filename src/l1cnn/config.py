@@ -141,6 +141,9 @@ class TrainConfig:
         "stop after `patience` epochs in a row of constant or chance-level validation "
         "predictions (status collapsed)",
     )
+    tensorboard: bool = _opt(
+        True, "write TensorBoard event files into the run folder's tensorboard/"
+    )
 
 
 @dataclass(frozen=True)

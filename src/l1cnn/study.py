@@ -419,7 +419,12 @@ def write_study_report(
         "finished": len(result.rows),
         "planned": len(trials),
     }
-    return reporting.write_study_report(out, result.rows, result.reference, curves, meta)
+    written = reporting.write_study_report(out, result.rows, result.reference, curves, meta)
+    if trials and trials[0].config.train.tensorboard:  # HParams dashboard: trials side by side
+        from l1cnn.tensorboard_log import TENSORBOARD_DIR, write_hparams
+
+        write_hparams(out / TENSORBOARD_DIR, result.rows)
+    return written
 
 
 def collect_rows(trials: list[Trial], out: Path, result: StudyResult) -> list[dict[str, Any]]:

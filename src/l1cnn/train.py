@@ -280,20 +280,35 @@ def _fit_run(opened: OpenRun, model: keras.Model, verbose: bool) -> FitResult:
     schedules = [c for c in stateful if not isinstance(c, CollapseGuard)]
     guards = [c for c in stateful if isinstance(c, CollapseGuard)]
     callbacks: list[EpochCallback] = [ProgressBar()] if verbose else []
-    # The schedule changes the rate before the backup saves it; the guard comes after the
-    # backup, so the epoch it stops on is saved with its counter (resume then stops at once).
-    callbacks += [*schedules, _Backup(opened.run_dir, model, done, stopper, stateful), *guards]
+    board = _tensorboard(opened, model) if config.train.tensorboard else None
+    # The schedule changes the rate before the board logs it and the backup saves it; an epoch
+    # backed up is an epoch logged; the guard comes after the backup, so the epoch it stops on
+    # is saved with its counter (resume then stops at once).
+    callbacks += [*schedules, *([board] if board is not None else [])]
+    callbacks += [_Backup(opened.run_dir, model, done, stopper, stateful), *guards]
     # Streamed images are decoded during training: one that changed since the scan stops it.
-    with image_read_errors(_resume_advice(opened.run_dir)):
-        return fit(
-            model,
-            data,
-            StepSettings.from_config(config),
-            epochs=config.train.epochs,
-            early_stopping=stopper,
-            callbacks=callbacks,
-            done=state.history if state is not None else None,
-        )
+    try:
+        with image_read_errors(_resume_advice(opened.run_dir)):
+            return fit(
+                model,
+                data,
+                StepSettings.from_config(config),
+                epochs=config.train.epochs,
+                early_stopping=stopper,
+                callbacks=callbacks,
+                done=state.history if state is not None else None,
+            )
+    finally:
+        if board is not None:
+            board.close()
+
+
+def _tensorboard(opened: OpenRun, model: keras.Model) -> EpochCallback:
+    """The run's TensorBoard logger; its folder is checked writable before training starts."""
+    from l1cnn.tensorboard_log import TENSORBOARD_DIR, TensorBoardLog, open_log_dir
+
+    log_dir = open_log_dir(opened.run_dir / TENSORBOARD_DIR)
+    return TensorBoardLog(log_dir, model, opened.dataset.splits["val"].labels)
 
 
 def _finish_run(
@@ -329,6 +344,10 @@ def _finish_run(
             f"{result.message}; training stopped and '{run_dir}' keeps the weights of epoch "
             f"{result.best_epoch} {advice}"
         )
+    if config.train.tensorboard and result.history:
+        from l1cnn.tensorboard_log import TENSORBOARD_DIR, log_figures
+
+        log_figures(run_dir / TENSORBOARD_DIR, run_dir, len(result.history))
     return TrainResult(
         run_dir=run_dir,
         config=config,
