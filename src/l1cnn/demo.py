@@ -86,7 +86,7 @@ def run_demo(out: str | Path, config: Config | None = None, verbose: bool = Fals
         A DemoResult.
     """
     from l1cnn import runs
-    from l1cnn.report import write_comparison
+    from l1cnn.reporting import write_comparison
     from l1cnn.train import train
 
     out = Path(out)

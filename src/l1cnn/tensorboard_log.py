@@ -140,7 +140,7 @@ def log_figures(log_dir: Path, run_dir: Path, step: int) -> list[str]:
     """Write the report's key figures (``plots/*.png``) as images at ``step``; return the tags."""
     import tensorflow as tf
 
-    from l1cnn.report import PLOTS_DIR
+    from l1cnn.reporting import PLOTS_DIR
 
     tags = []
     seen = logged_values(log_dir)
