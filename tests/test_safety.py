@@ -169,12 +169,18 @@ def test_absurd_learning_rate_stops_in_epoch_one_with_nothing_half_written(
     )
     assert_one_line_error(code, err, "NaN or infinite in epoch 1", status=1)
     assert "no model was saved" in err and "lower learning_rate" in err
+    # The records, and the TensorBoard folder (made before training to check it is writable),
+    # which holds no epoch: nothing of the failed epoch was written.
     assert sorted(p.name for p in run.iterdir()) == [
         "config.toml",
         "data.json",
         "run.json",
         "split.json",
+        "tensorboard",
     ]
+    from l1cnn.tensorboard_log import logged_values
+
+    assert not logged_values(run / "tensorboard")
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "diverged" and "epoch 1" in info["message"]
     code, _, err = run_cli(["evaluate", run], capsys)
