@@ -19,27 +19,31 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from l1cnn.cli_args import (
+    EXIT_BAD_INPUT,
+    EXIT_INTERRUPTED,
+    EXIT_TRAINING_FAILED,
+    Subparsers,
+    add_config_options,
+    add_run_argument,
+    check_data,
+    config_from_args,
+    counts_line,
+    fmt,
+    metrics_line,
+    warn_skipped,
+)
 from l1cnn.config import (
-    SECTIONS,
     ExportOptions,
     PruneOptions,
     ServeLimits,
-    load_config,
     parse_threshold_rule,
 )
 from l1cnn.errors import ConfigError, DataError, L1CNNError, RunError, TrainingError
-from l1cnn.options import add_options, base_type, field_types, flag, options_from_args
+from l1cnn.options import add_options, flag, options_from_args
 from l1cnn.runs import check_is_run
 from l1cnn.serve_security import ServeSecurity
 from l1cnn.version import __version__
-
-EXIT_BAD_INPUT = 2
-EXIT_TRAINING_FAILED = 1
-EXIT_INTERRUPTED = 130
-METRIC_NAMES = ("accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc", "loss")
-DIGITS = "digits"  # the bundled data set's name (l1cnn.data.DIGITS)
-
-Subparsers = Any  # argparse's _SubParsersAction
 
 
 class _Parser(argparse.ArgumentParser):
@@ -58,72 +62,6 @@ class _Parser(argparse.ArgumentParser):
             prog = f"{self.prog} {command}" if command else self.prog
             _Parser(prog=prog).error(f"unrecognized arguments: {' '.join(extra)}")
         return parsed
-
-
-def _cfg_dest(section: str) -> Any:
-    return lambda name: f"cfg__{section}__{name}"
-
-
-def _add_config_options(parser: argparse.ArgumentParser, set_help: str) -> None:
-    """--config, --set and one option per config key, left out unless given (a file may set it)."""
-    parser.add_argument("--config", metavar="FILE", help="TOML config file (see configs/)")
-    parser.add_argument(
-        "--set", metavar="KEY=VALUE", action="append", default=[], dest="overrides", help=set_help
-    )
-    for section, cls in SECTIONS.items():
-        group = parser.add_argument_group(f"[{section}] config keys")
-        add_options(group, cls, dest=_cfg_dest(section), as_text=True)
-
-
-def _config_from_args(args: argparse.Namespace) -> Any:
-    """The Config of --config, then --set, then the --KEY options (as TOML text overrides)."""
-    overrides = list(args.overrides)
-    for key, value in vars(args).items():
-        if not key.startswith("cfg__"):
-            continue
-        _, section, name = key.split("__")
-        tp = base_type(field_types(SECTIONS[section])[name])
-        if typing.get_origin(tp) is tuple and not str(value).startswith("["):
-            value = f"[{value}]"
-        elif tp is str:
-            value = json.dumps(str(value))  # TOML basic string
-        overrides.append(f"{section}.{name}={value}")
-    return load_config(args.config, overrides)
-
-
-def _check_data(data: str | None) -> None:
-    """Refuse a missing DATA path before the data module (and TensorFlow) is imported."""
-    if data is not None and data != DIGITS and not Path(data).exists():
-        raise DataError(f"data path '{Path(data)}' does not exist")
-
-
-def _add_run_argument(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", metavar="RUN", help="run folder")
-
-
-def _fmt(value: Any) -> str:
-    return "-" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
-
-
-def _metrics_line(metrics: dict[str, Any]) -> str:
-    return "  ".join(f"{name} {_fmt(metrics.get(name))}" for name in METRIC_NAMES)
-
-
-def _counts_line(counts: dict[str, dict[str, int]]) -> str:
-    return " | ".join(
-        f"{split} {sum(c.values())} (" + ", ".join(f"{k} {v}" for k, v in c.items()) + ")"
-        for split, c in counts.items()
-    )
-
-
-def _warn_skipped(skipped: list[str]) -> None:
-    """One warning line with the count of bad images skipped."""
-    if skipped:
-        print(
-            f"warning: skipped {len(skipped)} bad image(s): {'; '.join(skipped[:3])}"
-            + (f"; and {len(skipped) - 3} more" if len(skipped) > 3 else ""),
-            file=sys.stderr,
-        )
 
 
 def add_train(sub: Subparsers) -> None:
@@ -153,7 +91,7 @@ def add_train(sub: Subparsers) -> None:
     p.add_argument("--out", metavar="DIR", help="run folder (default: runs/<data>-<time>)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    _add_config_options(p, "override any config key, e.g. --set l1_lambda=0.001 (repeatable)")
+    add_config_options(p, "override any config key, e.g. --set l1_lambda=0.001 (repeatable)")
     p.set_defaults(handler=cmd_train)
 
 
@@ -198,8 +136,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         if args.data is None:
             raise ConfigError("train needs DATA ('digits', a .npz file or a folder), or --resume")
-        config = _config_from_args(args)
-        _check_data(args.data)
+        config = config_from_args(args)
+        check_data(args.data)
         from l1cnn.train import train
 
         result = train(
@@ -211,7 +149,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             command=args.command_line,
         )
     data, metrics = result.data, result.metrics
-    _warn_skipped(data.get("skipped_images", []))
+    warn_skipped(data.get("skipped_images", []))
     negative, positive = data["class_names"]
     how = "" if config.data.positive_class else ", the second in sorted order"
     stop = {
@@ -226,13 +164,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"Data:     {data['source']}  images {'x'.join(map(str, data['image_shape']))}  "
         f"classes {negative} (0) / {positive} (1, positive{how})"
     )
-    print(f"Splits:   {_counts_line(data['counts'])}")
+    print(f"Splits:   {counts_line(data['counts'])}")
     print(
         f"Training: {stop}; best epoch {result.best_epoch}; {result.wall_time_s:.1f} s; "
         f"seed {result.config.train.seed}"
     )
     print(
-        f"Test:     {_metrics_line(metrics['test'])}  (threshold {metrics['threshold']['value']:g})"
+        f"Test:     {metrics_line(metrics['test'])}  (threshold {metrics['threshold']['value']:g})"
     )
     diagnosis = metrics["diagnosis"]
     if diagnosis["collapsed"]:
@@ -248,7 +186,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def add_evaluate(sub: Subparsers) -> None:
     p = sub.add_parser("evaluate", help="metrics of a saved run on its test split or other data")
-    _add_run_argument(p)
+    add_run_argument(p)
     p.add_argument(
         "--data",
         metavar="DATA",
@@ -281,7 +219,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     check_is_run(args.run)
     if args.threshold is not None:
         parse_threshold_rule(args.threshold)
-    _check_data(args.data)
+    check_data(args.data)
     from l1cnn.predict import evaluate_run
     from l1cnn.rethreshold import rechoose_threshold, save_threshold
 
@@ -298,7 +236,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         threshold=None if choice is None else choice["value"],
         skip_bad_images=args.skip_bad_images,
     )
-    _warn_skipped(metrics.get("skipped_images", []))
+    warn_skipped(metrics.get("skipped_images", []))
     if choice is not None:
         metrics["threshold_choice"] = choice
     if args.json:
@@ -309,7 +247,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         f"Evaluated {args.run} on {metrics['source']} ({metrics['evaluated_on']}, "
         f"{metrics['n']} images, {metrics['n_positive']} positive)"
     )
-    print(f"  {_metrics_line(metrics)}  (threshold {metrics['threshold']:g})")
+    print(f"  {metrics_line(metrics)}  (threshold {metrics['threshold']:g})")
     print(f"  confusion: tn {cm['tn']}  fp {cm['fp']}  fn {cm['fn']}  tp {cm['tp']}")
     if choice is not None:
         fixed = parse_threshold_rule(choice["rule"])[0] == "fixed"
@@ -399,7 +337,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def add_export(sub: Subparsers) -> None:
     p = sub.add_parser("export", help="export a run (SavedModel, ONNX, LiteRT) and check parity")
-    _add_run_argument(p)
+    add_run_argument(p)
     add_options(p, ExportOptions, required=["format"])
     p.add_argument("--out", metavar="DIR", help="export folder (default: RUN/export-FORMAT)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing export folder")
@@ -420,9 +358,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         f"(mean {parity['mean_abs_diff']:.3g})  "
         f"class agreement {parity['class_agreement']:.4f}"
     )
-    print(
-        f"  ROC-AUC keras {_fmt(parity['roc_auc_keras'])}  export {_fmt(parity['roc_auc_export'])}"
-    )
+    print(f"  ROC-AUC keras {fmt(parity['roc_auc_keras'])}  export {fmt(parity['roc_auc_export'])}")
     verdict = ("passed" if parity["passed"] else "FAILED") if parity["tolerance"] else "reported"
     print(f"  tolerance {parity['tolerance'] or 'none (quantized)'}: {verdict}")
     return 0
@@ -430,7 +366,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def add_prune(sub: Subparsers) -> None:
     p = sub.add_parser("prune", help="zero the smallest weights of a run and write a new run")
-    _add_run_argument(p)
+    add_run_argument(p)
     add_options(p.add_mutually_exclusive_group(), PruneOptions, exclude=["fine_tune_epochs"])
     add_options(p, PruneOptions, exclude=["sparsity", "min_magnitude"])
     p.add_argument("--out", metavar="DIR", help="new run folder (default: RUN-pruned-s0.9)")
@@ -467,9 +403,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
     )
     before, after, change = rec["test_before"], rec["test_after"], rec["test_change"]
     print(
-        f"Test:     accuracy {_fmt(before['accuracy'])} -> {_fmt(after['accuracy'])} "
-        f"({change['accuracy']:+.4f})  ROC-AUC {_fmt(before['roc_auc'])} -> "
-        f"{_fmt(after['roc_auc'])} ({change['roc_auc']:+.4f})"
+        f"Test:     accuracy {fmt(before['accuracy'])} -> {fmt(after['accuracy'])} "
+        f"({change['accuracy']:+.4f})  ROC-AUC {fmt(before['roc_auc'])} -> "
+        f"{fmt(after['roc_auc'])} ({change['roc_auc']:+.4f})"
     )
     sizes = rec["model_file"]
     print(
@@ -576,13 +512,13 @@ def add_study(sub: Subparsers) -> None:
         action="store_true",
         help="train nothing; write the report from the finished trials",
     )
-    _add_config_options(p, "override a config key for every trial (repeatable)")
+    add_config_options(p, "override a config key for every trial (repeatable)")
     p.set_defaults(handler=cmd_study)
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    config = _config_from_args(args)
-    _check_data(args.data)
+    config = config_from_args(args)
+    check_data(args.data)
     from l1cnn.study import format_eta, run_study
 
     name = Path(args.preset).stem if args.preset.endswith(".toml") else args.preset
@@ -629,7 +565,7 @@ def cmd_study(args: argparse.Namespace) -> int:
 
 def add_report(sub: Subparsers) -> None:
     p = sub.add_parser("report", help="(re)write a run's plots, report.html and report.md")
-    _add_run_argument(p)
+    add_run_argument(p)
     p.add_argument(
         "--explain",
         action="store_true",
