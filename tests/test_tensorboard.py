@@ -179,3 +179,20 @@ def test_study_writes_hparams_sessions_for_its_trials(tmp_path: Path) -> None:
     study.run_study(tmp_path / "data.npz", base, out, preset=str(grid), n_seeds=1)
     acc = _events_in(out / "tensorboard" / "no-l1" / "seed-7")
     assert _steps(acc, "test_roc_auc") == [1]
+
+
+def test_histogram_buckets_count_every_finite_weight_once():
+    from l1cnn.tensorboard_log import histogram_buckets
+
+    values = np.random.default_rng(0).normal(size=(9, 7)).astype(np.float32)
+    values[0, 0], values[1, 1] = np.nan, np.inf
+    buckets = histogram_buckets(values)
+    assert buckets.shape == (30, 3)
+    assert buckets[:, 2].sum() == values.size - 2
+    finite = values[np.isfinite(values)]
+    assert buckets[0, 0] == pytest.approx(finite.min()) and buckets[-1, 1] == pytest.approx(
+        finite.max()
+    )
+    assert np.all(buckets[1:, 0] == buckets[:-1, 1])  # edges meet
+    assert histogram_buckets(np.zeros(5)).tolist() == [[0.0, 0.0, 5.0]]
+    assert histogram_buckets(np.array([np.nan])) is None

@@ -87,6 +87,33 @@ def _roc_auc(labels: np.ndarray, prob: np.ndarray) -> float | None:
     return float(roc_auc_score(labels, prob))
 
 
+HISTOGRAM_BINS = 30  # tf.summary.histogram's default bucket count
+
+
+def histogram_buckets(values: np.ndarray, bins: int = HISTOGRAM_BINS) -> np.ndarray | None:
+    """The histogram plugin's tensor, (k, 3) rows of [left edge, right edge, count], by numpy.
+
+    What ``tf.summary.histogram`` writes, computed in numpy: five to six times faster per epoch
+    than its TF ops in eager mode (benchmarks/RESULTS.md, "Whole command"). None when there is no
+    finite value to count.
+    """
+    finite = np.asarray(values, np.float64).ravel()
+    finite = finite[np.isfinite(finite)]
+    if finite.size == 0:
+        return None
+    low, high = float(finite.min()), float(finite.max())
+    if low == high:
+        return np.array([[low, high, float(finite.size)]])
+    counts, edges = np.histogram(finite, bins=bins, range=(low, high))
+    return np.stack([edges[:-1], edges[1:], counts.astype(np.float64)], axis=1)
+
+
+def _histogram_metadata() -> Any:
+    from tensorboard.plugins.histogram import metadata
+
+    return metadata.create_summary_metadata(display_name=None, description=None)
+
+
 class TensorBoardLog(EpochCallback):
     """Per epoch: losses (data and L1 parts), accuracy, validation ROC-AUC, learning rate,
     each layer's share of kernel weights below 1e-3 and exactly 0, and weight histograms.
@@ -128,7 +155,11 @@ class TensorBoardLog(EpochCallback):
             for layer in self.model.layers:
                 for weight in layer.weights:
                     name = weight.path if hasattr(weight, "path") else weight.name
-                    tf.summary.histogram(f"weights/{name}", keras.ops.convert_to_numpy(weight))
+                    buckets = histogram_buckets(keras.ops.convert_to_numpy(weight))
+                    if buckets is not None:
+                        tf.summary.write(
+                            f"weights/{name}", buckets, step=epoch, metadata=_histogram_metadata()
+                        )
         self.writer.flush()  # on disk before the backup of this epoch is saved
 
     def close(self) -> None:
