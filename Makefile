@@ -24,7 +24,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 
+# What users wait for (issue 17), each against a reference in the same run, into RESULTS.md:
+# start-up and one prediction, the whole train command against a plain-Keras script, the loop.
 bench: $(STAMP)
+	$(BIN)/python benchmarks/startup.py
+	$(BIN)/python benchmarks/whole_command.py
 	$(BIN)/python benchmarks/throughput.py
 
 bench-scale: $(STAMP)
