@@ -85,7 +85,7 @@ def main() -> None:
                 done = subprocess.run(argv, capture_output=True, cwd=tmp)
                 times[name].append(time.perf_counter() - start)
                 if done.returncode != expected:
-                    sys.exit(f"{name}: exit {done.returncode} (expected {expected}): {done.stderr!r}")
+                    sys.exit(f"{name}: exit {done.returncode}, not {expected}: {done.stderr!r}")
     med = {name: statistics.median(values) for name, values in times.items()}
     keras_predict = med["l1cnn predict RUN one.png (Keras)"]
     lines = [
