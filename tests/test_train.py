@@ -244,3 +244,36 @@ def test_onednn_is_asked_for_unless_the_user_chose(given: str | None, expected: 
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == expected
+
+
+def test_mixed_bfloat16_computes_in_bfloat16_and_the_run_keeps_a_float32_model(
+    xy_npz, tmp_path
+) -> None:
+    """bfloat16 compute on float32 weights while training; everything after is the float32 twin."""
+    import keras
+
+    from l1cnn.config import config_from_dict
+    from l1cnn.errors import ConfigError
+    from l1cnn.model import build_model, float32_twin
+    from l1cnn.runs import load_run
+
+    config = tiny_config(model={"precision": "mixed_bfloat16", "l1_lambda": 0.001})
+    model = build_model(config.model, (12, 12, 1))
+    compute = {layer.name: layer.dtype_policy.compute_dtype for layer in model.layers[1:]}
+    assert set(compute.values()) == {"bfloat16", "float32"} and compute["output"] == "float32"
+    assert all(w.dtype == "float32" for w in model.weights)
+    pixels = np.random.default_rng(0).integers(0, 255, (16, 12, 12, 1)).astype(np.float32)
+    twin = float32_twin(model, config)
+    assert {layer.dtype_policy.name for layer in twin.layers} == {"float32"}
+    mixed_p = keras.ops.convert_to_numpy(model(pixels)).ravel()
+    exact_p = keras.ops.convert_to_numpy(twin(pixels)).ravel()
+    assert 0 < np.abs(mixed_p - exact_p).max() < 0.02  # bfloat16 keeps ~3 significant digits
+    with pytest.raises(ConfigError, match="model.precision"):
+        config_from_dict({"model": {"precision": "float16"}})  # not a choice
+
+    result = train(xy_npz, config, out=tmp_path / "mixed")
+    assert result.metrics["test"]["roc_auc"] > 0.5
+    saved = load_run(tmp_path / "mixed").model
+    assert {layer.dtype_policy.name for layer in saved.layers} == {"float32"}
+    again = train(xy_npz, config, out=tmp_path / "again")  # still deterministic
+    assert [h["loss"] for h in again.history] == [h["loss"] for h in result.history]

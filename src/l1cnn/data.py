@@ -55,7 +55,7 @@ class Split:
     @property
     def streamed(self) -> bool:
         """Whether the pixels live in files (decoded per batch), not in memory."""
-        return isinstance(self.images, FileImages)
+        return isinstance(self.images, FileImages) and self.images.pixels is None
 
     def take(self, index: np.ndarray) -> Split:
         """The sub-split at ``index``."""
@@ -72,7 +72,7 @@ class Split:
 
 def concat_splits(parts: list[Split]) -> Split:
     """One split made of ``parts`` in order."""
-    if all(p.streamed for p in parts):
+    if all(isinstance(p.images, FileImages) for p in parts):
         images: np.ndarray | FileImages = FileImages.concat([p.images for p in parts])  # type: ignore[misc]
     else:
         images = np.concatenate([np.asarray(p.images) for p in parts])
@@ -324,11 +324,14 @@ def _load_folder(root: Path, config: DataConfig, seed: int, make_missing: bool =
 
     splits: dict[str, Split] = {}
     skipped: list[str] = []
+    keep_bytes = int(config.keep_decoded_mb * 2**20)  # shared by the splits, in scan order
     for split_name, files in per_split_files.items():
         paths = [p for p, _ in files]
         images, good, bad = scan_images(
-            paths, size, channels, config.skip_bad_images, cache_dir=config.cache
+            paths, size, channels, config.skip_bad_images, config.cache, keep_bytes
         )
+        if images.pixels is not None:
+            keep_bytes -= images.pixels.nbytes
         skipped += bad
         labels = np.array([1 if files[i][1] == ordered[1] else 0 for i in good], dtype=np.int64)
         ids = [paths[i].relative_to(root).as_posix() for i in good]
@@ -616,6 +619,8 @@ def make_tf_dataset(
         else np.ones_like(labels)
     )
     images = split.images
+    if isinstance(images, FileImages) and images.pixels is not None:
+        images = images.pixels  # kept from the scan: same batches, nothing decoded
     if not isinstance(images, FileImages):
         ds = tf.data.Dataset.from_tensor_slices((images, labels, sample_w)).cache()
     else:

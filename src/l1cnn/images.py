@@ -134,6 +134,8 @@ class FileImages:
     ``digests`` (N, 32) holds each image's sha256 of decoded pixels, taken once by
     :func:`scan_images`, so a data fingerprint needs no pixels. With ``cache_file`` the pixels
     are read from that raw file (row ``rows[i]`` for image i) instead of being decoded again.
+    With ``pixels`` (N, H, W, C) the decoded images are held in memory (kept from the scan when
+    they fit the memory budget) and nothing is decoded or read again.
     """
 
     dtype = np.dtype(np.uint8)
@@ -147,6 +149,7 @@ class FileImages:
         channels: int,
         cache_file: str | None = None,
         rows: np.ndarray | None = None,
+        pixels: np.ndarray | None = None,
     ) -> None:
         self.paths = np.asarray(paths, dtype=object)
         self.digests = np.asarray(digests, dtype=np.uint8).reshape(-1, 32)
@@ -154,6 +157,7 @@ class FileImages:
         self.channels = int(channels)
         self.cache_file = cache_file
         self.rows = None if rows is None else np.asarray(rows, dtype=np.int64)
+        self.pixels = pixels
         self._fd: int | None = None
         self._lock = threading.Lock()
 
@@ -179,6 +183,7 @@ class FileImages:
             self.channels,
             self.cache_file,
             rows,
+            None if self.pixels is None else self.pixels[index],
         )
 
     @staticmethod
@@ -186,6 +191,7 @@ class FileImages:
         """One FileImages of several (which must share size, channels and cache file)."""
         first = parts[0]
         cached = all(p.cache_file == first.cache_file and p.rows is not None for p in parts)
+        kept = all(p.pixels is not None for p in parts)
         return FileImages(
             np.concatenate([p.paths for p in parts]),
             np.concatenate([p.digests for p in parts]),
@@ -193,6 +199,7 @@ class FileImages:
             first.channels,
             first.cache_file if cached else None,
             np.concatenate([p.rows for p in parts]) if cached else None,  # type: ignore[misc]
+            np.concatenate([p.pixels for p in parts]) if kept else None,  # type: ignore[misc]
         )
 
     def read(self, index: np.ndarray) -> np.ndarray:
@@ -201,6 +208,8 @@ class FileImages:
         Raises DataError when a file can no longer be decoded (changed since the scan).
         """
         index = np.asarray(index, dtype=np.int64).reshape(-1)
+        if self.pixels is not None:
+            return self.pixels[index]
         out = np.empty((len(index), *self.image_size, self.channels), np.uint8)
         if self.cache_file is not None and self.rows is not None:
             fd = self._cache_fd()
@@ -311,12 +320,15 @@ def scan_images(
     channels: int,
     skip_bad: bool,
     cache_dir: str | Path | None = None,
+    keep_bytes: int = 0,
 ) -> tuple[FileImages, list[int], list[str]]:
-    """Decode every file once, keeping only a digest per image (and, with a cache, the pixels).
+    """Decode every file once, keeping a digest per image (with a cache or a budget, the pixels).
 
     Memory stays bounded: images are decoded SCAN_CHUNK at a time in parallel threads. With
     ``cache_dir`` the decoded pixels go to a raw file there, named by the files' paths, sizes and
-    mtimes; a later scan of unchanged files reads that entry and decodes nothing.
+    mtimes; a later scan of unchanged files reads that entry and decodes nothing. When all the
+    files' pixels fit in ``keep_bytes``, they are also kept in memory, so epochs read them
+    instead of decoding every image again.
 
     Returns (images of the files that decoded, their indices in ``paths``, messages for the
     others). Without ``skip_bad`` any failure raises one DataError listing the bad files.
@@ -332,10 +344,19 @@ def scan_images(
         hit = _read_cache(folder, key, paths, image_size, channels)
         if hit is not None:
             _raise_if_bad(hit[2], skip_bad)
+            images = hit[0]
+            if len(images) * images.image_bytes <= keep_bytes:
+                images.pixels = np.asarray(images)  # one sequential read of the cache file
             return hit
     good: list[int] = []
     bad: list[str] = []
     digests = np.zeros((len(paths), 32), np.uint8)
+    row_bytes = image_size[0] * image_size[1] * channels
+    kept = (
+        np.empty((len(paths), *image_size, channels), np.uint8)
+        if 0 < len(paths) * row_bytes <= keep_bytes
+        else None
+    )
     out = _CacheWriter(folder) if folder is not None else None
     try:
         with ThreadPoolExecutor(max_workers=decode_workers()) as pool:
@@ -348,6 +369,8 @@ def scan_images(
                         continue
                     data = result.tobytes()
                     digests[len(good)] = np.frombuffer(hashlib.sha256(data).digest(), np.uint8)
+                    if kept is not None:
+                        kept[len(good)] = result
                     good.append(start + offset)
                     if out is not None:
                         out.write(data)
@@ -368,6 +391,7 @@ def scan_images(
         channels,
         cache_file,
         rows,
+        None if kept is None else kept[: len(good)],
     )
     return images, good, bad
 

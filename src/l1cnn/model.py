@@ -6,6 +6,7 @@ first layer, so a saved model takes raw 0..255 pixels.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import keras
@@ -29,7 +30,9 @@ def build_model(config: ModelConfig, input_shape: tuple[int, int, int]) -> keras
     Conv2D(32,3,relu) -> Conv2D(64,3,relu) -> MaxPool(2) -> Dropout -> Flatten -> Dense(64,relu)
     -> Dropout -> Dense(1,sigmoid) by default, with an L1 kernel regularizer on every Conv2D and
     Dense layer. In ``l1_mode="proximal"`` the layers carry no penalty; the training loop
-    soft-thresholds their kernels instead (see ``l1cnn.train``).
+    soft-thresholds their kernels instead (see ``l1cnn.train``). With ``precision =
+    "mixed_bfloat16"`` every layer but the output computes in bfloat16 on float32 weights (Keras'
+    mixed-precision policy, per layer, no global state); the output layer stays float32.
     """
     height, width, _channels = input_shape
     need = smallest_input_size(config)
@@ -44,8 +47,9 @@ def build_model(config: ModelConfig, input_shape: tuple[int, int, int]) -> keras
             return keras.regularizers.L1(config.l1_lambda)
         return None
 
+    dtype = config.precision
     inputs = keras.Input(shape=input_shape, name="pixels")
-    x = keras.layers.Rescaling(1.0 / 255, name="rescale")(inputs)
+    x = keras.layers.Rescaling(1.0 / 255, name="rescale", dtype=dtype)(inputs)
     for i, filters in enumerate(config.conv_filters, start=1):
         x = keras.layers.Conv2D(
             filters,
@@ -53,18 +57,37 @@ def build_model(config: ModelConfig, input_shape: tuple[int, int, int]) -> keras
             activation="relu",
             kernel_regularizer=regularizer(),
             name=f"conv{i}",
+            dtype=dtype,
         )(x)
-    x = keras.layers.MaxPooling2D(config.pool_size, name="pool")(x)
-    x = keras.layers.Dropout(config.dropout_rate, name="dropout1")(x)
-    x = keras.layers.Flatten(name="flatten")(x)
+    x = keras.layers.MaxPooling2D(config.pool_size, name="pool", dtype=dtype)(x)
+    x = keras.layers.Dropout(config.dropout_rate, name="dropout1", dtype=dtype)(x)
+    x = keras.layers.Flatten(name="flatten", dtype=dtype)(x)
     x = keras.layers.Dense(
-        config.dense_units, activation="relu", kernel_regularizer=regularizer(), name="dense"
+        config.dense_units,
+        activation="relu",
+        kernel_regularizer=regularizer(),
+        name="dense",
+        dtype=dtype,
     )(x)
-    x = keras.layers.Dropout(config.dropout_rate, name="dropout2")(x)
+    x = keras.layers.Dropout(config.dropout_rate, name="dropout2", dtype=dtype)(x)
     outputs = keras.layers.Dense(
-        1, activation="sigmoid", kernel_regularizer=regularizer(), name="output"
+        1, activation="sigmoid", kernel_regularizer=regularizer(), name="output", dtype="float32"
     )(x)
     return keras.Model(inputs, outputs, name="l1cnn")
+
+
+def float32_twin(model: keras.Model, config: Config) -> keras.Model:
+    """The same network and weights computing in float32, compiled like ``model``.
+
+    A mixed-precision run trains in bfloat16 but saves, scores, explains and exports this twin
+    (its weights are float32 already), so everything after training is the float32 model.
+    """
+    if config.model.precision == "float32":
+        return model
+    twin_config = dataclasses.replace(config.model, precision="float32")
+    twin = compile_model(build_model(twin_config, tuple(model.input_shape[1:])), config)
+    twin.set_weights(model.get_weights())
+    return twin
 
 
 def regularized_kernels(model: keras.Model) -> list[keras.Variable]:

@@ -33,7 +33,7 @@ from l1cnn.loop import (
     fit,
     make_early_stopping,
 )
-from l1cnn.model import build_model, compile_model
+from l1cnn.model import build_model, compile_model, float32_twin
 from l1cnn.sampling import oversample_index
 
 
@@ -322,6 +322,7 @@ def _finish_run(
         outputs.write_run_info(run_dir, info)
         raise TrainingError(f"{result.message}; no epoch finished, so no model was saved {advice}")
     scoring = time.perf_counter()
+    model = float32_twin(model, config)  # mixed precision is for the training steps only
     with image_read_errors(_resume_advice(run_dir)):
         metrics, probs = outputs.score_dataset(model, opened.dataset, config.train.threshold)
     outputs.add_diagnosis(metrics, probs, result.history, result.best_epoch, config.model.l1_lambda)
