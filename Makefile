@@ -29,6 +29,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/startup.py
 	$(BIN)/python benchmarks/whole_command.py
+	$(BIN)/python benchmarks/photos.py
 	$(BIN)/python benchmarks/throughput.py
 
 bench-scale: $(STAMP)

@@ -61,7 +61,9 @@ def run_child(folder: Path, epochs: int, cache: str | None) -> dict:
     """One training run in this process (called in a fresh child); prints its figures."""
     from l1cnn import load_config, load_data, train
 
+    # keep_decoded_mb=0: this benchmark measures streaming (memory must not grow with the data)
     overrides = [f"epochs={epochs}", "early_stopping=false", f"image_size={SIDE}", "seed=42"]
+    overrides.append("keep_decoded_mb=0")
     if cache:
         overrides.append(f"cache={cache}")
     config = load_config(None, overrides)
