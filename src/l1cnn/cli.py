@@ -437,9 +437,11 @@ def add_serve(sub: Subparsers) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     import importlib.util
 
-    if not all(importlib.util.find_spec(m) for m in ("fastapi", "uvicorn", "multipart")):
+    needed = ("fastapi", "uvicorn", "multipart", "prometheus_client")
+    if not all(importlib.util.find_spec(m) for m in needed):
         raise RunError(
-            "l1cnn serve needs fastapi, uvicorn and python-multipart: pip install 'l1cnn[deploy]'"
+            "l1cnn serve needs fastapi, uvicorn, python-multipart and prometheus-client: "
+            "pip install 'l1cnn[deploy]'"
         )
     limits = options_from_args(ServeLimits, args)
     from l1cnn.exported import is_export_folder
