@@ -411,6 +411,24 @@ def test_metrics_count_refer_decisions():
     assert _value(got, "l1cnn_images_predicted_total", class_name="cat") == 2
 
 
+def test_metrics_count_refer_decisions_of_a_run_that_abstains(trained_run, source_images):
+    import inspect
+
+    from fastapi.testclient import TestClient
+
+    from l1cnn.serve import create_app, predictor_for
+
+    if "abstain" not in inspect.signature(predictor_for).parameters:
+        pytest.skip('this build has no abstention (issue 15\'s "decision" field) to count')
+    _, x = source_images
+    with TestClient(create_app(predictor_for(trained_run, abstain=0.99))) as client:
+        answers = client.post("/v1/predict", json={"instances": x[:16].tolist()}).json()
+        got = _parse_metrics(client.get("/metrics").text)
+    decisions = [item["decision"] for item in answers["predictions"]]
+    assert "refer" in decisions  # at 99% coverage this tiny model refers some images
+    assert _value(got, "l1cnn_images_referred_total") == decisions.count("refer")
+
+
 def test_metrics_public_opens_metrics_only(trained_run):
     from fastapi.testclient import TestClient
 

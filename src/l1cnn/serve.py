@@ -250,6 +250,16 @@ class RunPredictor(Predictor):
 
         return grad_cam(self.run.model, pixels, probs >= self.threshold)
 
+    def identity(self) -> dict[str, str]:
+        """The run's folder name and its model.keras sha256 (as recorded in run.json)."""
+        return {
+            "run": self.run.path.name,
+            "model_sha256": self.run.info.get("model_sha256", ""),
+            "model_format": "keras",
+            "positive_class": self.names[1],
+            "threshold": f"{self.threshold:g}",
+        }
+
     def describe(self, limits: ServeLimits) -> dict[str, Any]:
         """Classes, threshold, config, metrics summary, limits."""
         metrics = {
@@ -272,16 +282,6 @@ class RunPredictor(Predictor):
             "limits": asdict(limits),
         }
 
-    def identity(self) -> dict[str, str]:
-        """The run's folder name and its model.keras sha256 (as recorded in run.json)."""
-        return {
-            "run": self.run.path.name,
-            "model_sha256": self.run.info.get("model_sha256", ""),
-            "model_format": "keras",
-            "positive_class": self.names[1],
-            "threshold": f"{self.threshold:g}",
-        }
-
 
 class ExportPredictor(Predictor):
     """An export folder run in its own runtime: ONNX and LiteRT need no TensorFlow.
@@ -299,20 +299,6 @@ class ExportPredictor(Predictor):
     def predict(self, pixels: np.ndarray) -> np.ndarray:
         return self.exported.predict(pixels)
 
-    def describe(self, limits: ServeLimits) -> dict[str, Any]:
-        """Classes, threshold, the export's format and parity check, limits."""
-        return {
-            "run": self.exported.path.name,
-            "export_format": self.exported.format,
-            "class_names": self.names,
-            "positive_class": self.names[1],
-            "threshold": self.threshold,
-            "image_shape": list(self.shape),
-            "input": "pixels 0..255, shape [H, W, C] (or [H, W] for one channel)",
-            "parity": self.exported.info.get("parity"),
-            "limits": asdict(limits),
-        }
-
     def identity(self) -> dict[str, str]:
         """The source run's folder name and the sha256 of the served file (.onnx, .tflite, or a
         SavedModel's saved_model.pb)."""
@@ -327,6 +313,20 @@ class ExportPredictor(Predictor):
             "model_format": self.exported.format,
             "positive_class": self.names[1],
             "threshold": f"{self.threshold:g}",
+        }
+
+    def describe(self, limits: ServeLimits) -> dict[str, Any]:
+        """Classes, threshold, the export's format and parity check, limits."""
+        return {
+            "run": self.exported.path.name,
+            "export_format": self.exported.format,
+            "class_names": self.names,
+            "positive_class": self.names[1],
+            "threshold": self.threshold,
+            "image_shape": list(self.shape),
+            "input": "pixels 0..255, shape [H, W, C] (or [H, W] for one channel)",
+            "parity": self.exported.info.get("parity"),
+            "limits": asdict(limits),
         }
 
 
