@@ -99,6 +99,23 @@ def test_unreachable_or_bad_store_warns_once_and_keeps_the_run(data_npz, tmp_pat
     assert len(said) == 1 and "nope://where" in said[0]
 
 
+def test_epochs_the_callback_did_not_see_are_logged_from_history(store, trained_run, tmp_path):
+    from l1cnn.runs import read_run_config
+    from l1cnn.tracking import TrainTracking
+
+    run = Path(shutil.copytree(trained_run, tmp_path / "stopped"))
+    history = read_csv(run / "history.csv")
+    with TrainTracking(MlflowTarget(store)) as tracking:
+        tracking.start(read_run_config(run), run, read_json(run / "run.json"))
+        (logger,) = tracking.callbacks
+        logger.on_epoch_end(1, {k: float(v) for k, v in history[0].items()})
+        # A callback before it stopped training: epochs 2 and 3 never reach it.
+    (logged,) = _runs(store)
+    steps = mlflow.MlflowClient(tracking_uri=store).get_metric_history(logged.info.run_id, "loss")
+    assert [m.step for m in steps] == [1, 2, 3]
+    assert [m.value for m in steps] == pytest.approx([float(r["loss"]) for r in history])
+
+
 def test_target_from_the_flag_or_the_environment(store):
     assert resolve_target(None, environ={}) is None
     env = {"MLFLOW_TRACKING_URI": store, "MLFLOW_EXPERIMENT_NAME": "team"}

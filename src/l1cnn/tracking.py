@@ -251,7 +251,9 @@ class MlflowRun(EpochCallback):
     """``train``'s live MLflow run: params at the start, metrics every epoch, then the folder.
 
     A resumed run starts a new MLflow run that logs the epochs before the resume first, so
-    each MLflow run holds a run's whole history.
+    each MLflow run holds a run's whole history. Epochs it did not see (a callback before it
+    stopped training in ``on_epoch_end``) are logged from ``history.csv`` at the end, so its
+    place in the callback list does not matter.
     """
 
     def __init__(
@@ -264,19 +266,26 @@ class MlflowRun(EpochCallback):
     ) -> None:
         self.mlflow = Mlflow(target, warn)
         self.run_dir = run_dir
+        self.last_epoch = 0  # the last epoch logged
         self.run_id = self.mlflow.start_run(
             run_dir.name, flat_params(config), run_tags(run_dir, info), parent=None
         )
 
     def on_train_begin(self, done: list[dict[str, float]]) -> None:
         for epoch, row in enumerate(done, start=1):  # a resumed run's epochs so far
-            self.mlflow.log_metrics(self.run_id, epoch_metrics(row), epoch)
+            self.on_epoch_end(epoch, row)
 
-    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
+    def on_epoch_end(self, epoch: int, logs: Mapping[str, Any]) -> None:
         self.mlflow.log_metrics(self.run_id, epoch_metrics(logs), epoch)
+        self.last_epoch = epoch
 
     def finish(self, failed: BaseException | None = None) -> None:
         """Log the run folder's results and end the MLflow run (FAILED/KILLED on an error)."""
+        history = self.run_dir / runs.HISTORY_FILE
+        if history.is_file() and not self.mlflow.failed:
+            for row in self.mlflow.call("history.csv", runs.read_csv, history) or []:
+                if int(float(row["epoch"])) > self.last_epoch:
+                    self.on_epoch_end(int(float(row["epoch"])), row)
         self.mlflow.log_folder(self.run_id, self.run_dir)
         if failed is None:
             status = "FINISHED"
