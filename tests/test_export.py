@@ -24,7 +24,7 @@ from l1cnn.export import (
     predict_export,
 )
 from l1cnn.predict import predict, predict_split, reload_run_data
-from l1cnn.runs import load_run
+from l1cnn.runs import file_sha256, load_run
 
 
 @pytest.fixture(scope="module")
@@ -208,9 +208,11 @@ from l1cnn.serve import create_app
 export, image, csv_path = sys.argv[1:]
 code = main(["predict", export, image, "--output", csv_path])
 pixels = np.load(image)["x"][:1]
-served = TestClient(create_app(export)).post("/v1/predict", json={"instances": pixels.tolist()})
+client = TestClient(create_app(export))
+served = client.post("/v1/predict", json={"instances": pixels.tolist()})
+metrics = client.get("/metrics").text
 print(json.dumps({"code": code, "status": served.status_code, "served": served.json(),
-                  "modules": sorted({m.split(".")[0] for m in sys.modules})}))
+                  "metrics": metrics, "modules": sorted({m.split(".")[0] for m in sys.modules})}))
 """
 
 
@@ -236,3 +238,21 @@ def test_export_folders_predict_and_serve_without_tensorflow(run, test_split, tm
     assert [float(r.split(",")[1]) for r in rows] == pytest.approx(want, abs=1e-4)
     served = report["served"]["predictions"][0]["probability"]
     assert served == pytest.approx(float(want[0]), abs=1e-4)
+    # /metrics of an export: the source run and the sha256 of the file actually served.
+    from prometheus_client.parser import text_string_to_metric_families
+
+    samples = {
+        s.name: s for f in text_string_to_metric_families(report["metrics"]) for s in f.samples
+    }
+    info = samples["l1cnn_model_info"].labels
+    artifact = Path(record["path"]) / record["artifact"]
+    assert info["run"] == run.path.name and info["model_format"] == fmt
+    assert info["model_sha256"] == file_sha256(artifact)
+    predicted = report["served"]["predictions"][0]["class"]
+    counts = {
+        s.labels["class_name"]: s.value
+        for f in text_string_to_metric_families(report["metrics"])
+        for s in f.samples
+        if s.name == "l1cnn_images_predicted_total"
+    }
+    assert counts == {n: float(n == predicted) for n in run.class_names}

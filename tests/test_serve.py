@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -328,17 +329,150 @@ def test_page_in_headless_chromium(server, trained_run, tmp_path):
     assert not [m for m in console if "Content Security Policy" in m], console
 
 
+def _parse_metrics(text: str) -> dict[tuple[str, frozenset], float]:
+    """Prometheus text parsed by prometheus-client's own parser: (sample, labels) -> value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def _scrape(url: str) -> dict[tuple[str, frozenset], float]:
+    """``GET /metrics`` with the token, parsed."""
+    response = httpx.get(url + "/metrics", headers=AUTH)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    return _parse_metrics(response.text)
+
+
+def _value(scraped: dict, name: str, **labels: str) -> float:
+    return scraped.get((name, frozenset(labels.items())), 0.0)
+
+
+def _growth(before: dict, after: dict) -> Any:
+    def grew(name: str, **labels: str) -> float:
+        return _value(after, name, **labels) - _value(before, name, **labels)
+
+    return grew
+
+
+def test_metrics_count_requests_images_and_name_the_model(server, api, trained_run, source_images):
+    _, x = source_images
+    before = _scrape(server)
+    run = load_run(trained_run)
+    info = {
+        "run": trained_run.name,
+        "model_sha256": run.info["model_sha256"],
+        "model_format": "keras",
+        "positive_class": "1",
+        "threshold": f"{run.threshold:g}",
+    }
+    assert _value(before, "l1cnn_model_info", **info) == 1.0
+    answers = [
+        api.post("/v1/predict", json={"instances": x[:3].tolist()}),
+        api.post("/v1/predict", json={"nope": 1}),
+        api.get("/no-such-page"),
+        httpx.get(server + "/v1/model"),  # no token
+    ]
+    assert [r.status_code for r in answers] == [200, 400, 404, 401]
+    classes = [p["class"] for p in answers[0].json()["predictions"]]
+    grew = _growth(before, _scrape(server))
+    post = {"route": "/v1/predict", "method": "POST"}
+    assert grew("l1cnn_requests_total", **post, status="200") == 1
+    assert grew("l1cnn_requests_total", **post, status="400") == 1
+    assert grew("l1cnn_requests_total", route="other", method="GET", status="404") == 1
+    assert grew("l1cnn_requests_total", route="/v1/model", method="GET", status="401") == 1
+    assert grew("l1cnn_request_duration_seconds_count", route="/v1/predict") == 2
+    for name in run.class_names:
+        assert grew("l1cnn_images_predicted_total", class_name=name) == classes.count(name)
+    assert grew("l1cnn_images_referred_total") == 0  # no abstention configured
+    # The scrape before this one is counted too.
+    assert grew("l1cnn_requests_total", route="/metrics", method="GET", status="200") == 1
+
+
+def test_metrics_count_refer_decisions():
+    from l1cnn.serve_metrics import IDENTITY_LABELS, ServeMetrics
+
+    metrics = ServeMetrics(dict.fromkeys(IDENTITY_LABELS, "x"), ["cat", "dog"])
+    metrics.count_answers(
+        [
+            {"class": "dog", "decision": "refer"},
+            {"class": "dog", "decision": "dog"},
+            {"class": "cat", "decision": "refer"},
+            {"class": "cat"},  # no abstention: no decision field
+        ]
+    )
+    got = _parse_metrics(metrics.render().decode())
+    assert _value(got, "l1cnn_images_referred_total") == 2
+    assert _value(got, "l1cnn_images_predicted_total", class_name="dog") == 2
+    assert _value(got, "l1cnn_images_predicted_total", class_name="cat") == 2
+
+
+def test_metrics_count_refer_decisions_of_a_run_that_abstains(trained_run, source_images):
+    import inspect
+
+    from fastapi.testclient import TestClient
+
+    from l1cnn.serve import create_app, predictor_for
+
+    if "abstain" not in inspect.signature(predictor_for).parameters:
+        pytest.skip('this build has no abstention (issue 15\'s "decision" field) to count')
+    _, x = source_images
+    with TestClient(create_app(predictor_for(trained_run, abstain=0.99))) as client:
+        answers = client.post("/v1/predict", json={"instances": x[:16].tolist()}).json()
+        got = _parse_metrics(client.get("/metrics").text)
+    decisions = [item["decision"] for item in answers["predictions"]]
+    assert "refer" in decisions  # at 99% coverage this tiny model refers some images
+    assert _value(got, "l1cnn_images_referred_total") == decisions.count("refer")
+
+
+def test_metrics_public_opens_metrics_only(trained_run):
+    from fastapi.testclient import TestClient
+
+    from l1cnn.serve import create_app
+    from l1cnn.serve_security import ServeSecurity
+
+    for public, want in ((False, 401), (True, 200)):
+        app = create_app(trained_run, security=ServeSecurity(metrics_public=public), token=TOKEN)
+        with TestClient(app) as client:
+            assert client.get("/metrics").status_code == want
+            assert client.get("/v1/model").status_code == 401  # the API stays closed
+            if public:
+                scraped = _parse_metrics(client.get("/metrics").text)
+                assert (
+                    _value(
+                        scraped,
+                        "l1cnn_requests_total",
+                        route="/v1/model",
+                        method="GET",
+                        status="401",
+                    )
+                    == 1
+                )
+
+
 @pytest.mark.slow
 def test_bounded_load_without_errors(server, source_images):
     _, x = source_images
-    result = serve_load.run_load(
-        server, serve_load.request_bodies(x), n_requests=2000, clients=8, headers=AUTH
-    )
+    bodies = serve_load.request_bodies(x)
+    before = _scrape(server)
+    result = serve_load.run_load(server, bodies, n_requests=2000, clients=8, headers=AUTH)
     assert result["requests"] == 2000
     assert result["errors"] == 0, result["first_errors"]
     assert 0 < result["p50_ms"] <= result["p99_ms"]
     assert result["requests_per_s"] > 0
     print(json.dumps(result))
+    # /metrics scraped after the load: every request counted once, every image once.
+    grew = _growth(before, _scrape(server))
+    post = {"route": "/v1/predict", "method": "POST"}
+    assert grew("l1cnn_requests_total", **post, status="200") == 2000
+    assert grew("l1cnn_request_duration_seconds_count", route="/v1/predict") == 2000
+    images = sum(len(json.loads(bodies[i % len(bodies)])["instances"]) for i in range(2000))
+    predicted = sum(grew("l1cnn_images_predicted_total", class_name=n) for n in ("0", "1"))
+    assert predicted == images == 2000
 
 
 @pytest.mark.slow  # starts a second server: about 10 s on a busy machine

@@ -17,7 +17,7 @@ import pytest
 
 import l1cnn
 
-HEAVY = ("tensorflow", "keras", "matplotlib", "sklearn", "scipy")
+HEAVY = ("tensorflow", "keras", "matplotlib", "sklearn", "scipy", "mlflow")
 COMMANDS = (
     "train",
     "evaluate",

@@ -25,12 +25,14 @@ from l1cnn.cli_args import (
     EXIT_TRAINING_FAILED,
     Subparsers,
     add_config_options,
+    add_mlflow_options,
     add_run_argument,
     check_data,
     config_from_args,
     counts_line,
     fmt,
     metrics_line,
+    mlflow_target,
     warn_skipped,
 )
 from l1cnn.config import (
@@ -91,6 +93,7 @@ def add_train(sub: Subparsers) -> None:
     p.add_argument("--out", metavar="DIR", help="run folder (default: runs/<data>-<time>)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_mlflow_options(p)
     add_config_options(p, "override any config key, e.g. --set l1_lambda=0.001 (repeatable)")
     p.set_defaults(handler=cmd_train)
 
@@ -115,7 +118,8 @@ def _resume(args: argparse.Namespace) -> Any:
         raise ConfigError(
             f"--resume continues a run with its own data and config; drop {', '.join(extra)}"
         )
-    result = resume(args.resume, verbose=not args.quiet, command=args.command_line)
+    target = mlflow_target(args)
+    result = resume(args.resume, not args.quiet, args.command_line, mlflow=target)
     if result is None:
         from l1cnn.runs import RUN_FILE, read_json
 
@@ -138,6 +142,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ConfigError("train needs DATA ('digits', a .npz file or a folder), or --resume")
         config = config_from_args(args)
         check_data(args.data)
+        target = mlflow_target(args)
         from l1cnn.train import train
 
         result = train(
@@ -147,6 +152,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             verbose=not args.quiet,
             command=args.command_line,
+            mlflow=target,
         )
     data, metrics = result.data, result.metrics
     warn_skipped(data.get("skipped_images", []))
@@ -437,9 +443,11 @@ def add_serve(sub: Subparsers) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     import importlib.util
 
-    if not all(importlib.util.find_spec(m) for m in ("fastapi", "uvicorn", "multipart")):
+    needed = ("fastapi", "uvicorn", "multipart", "prometheus_client")
+    if not all(importlib.util.find_spec(m) for m in needed):
         raise RunError(
-            "l1cnn serve needs fastapi, uvicorn and python-multipart: pip install 'l1cnn[deploy]'"
+            "l1cnn serve needs fastapi, uvicorn, python-multipart and prometheus-client: "
+            "pip install 'l1cnn[deploy]'"
         )
     limits = options_from_args(ServeLimits, args)
     from l1cnn.exported import is_export_folder
@@ -512,6 +520,7 @@ def add_study(sub: Subparsers) -> None:
         action="store_true",
         help="train nothing; write the report from the finished trials",
     )
+    add_mlflow_options(p)  # the study as a parent run, each finished trial a child run
     add_config_options(p, "override a config key for every trial (repeatable)")
     p.set_defaults(handler=cmd_study)
 
@@ -519,6 +528,7 @@ def add_study(sub: Subparsers) -> None:
 def cmd_study(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     check_data(args.data)
+    target = mlflow_target(args)
     from l1cnn.study import format_eta, run_study
 
     name = Path(args.preset).stem if args.preset.endswith(".toml") else args.preset
@@ -560,7 +570,27 @@ def cmd_study(args: argparse.Namespace) -> int:
     )
     print(f"Results:  {out / 'results.csv'}")
     print(f"Summary:  {out / 'summary.md'}  and  {out / 'study.html'}")
+    if target is not None and result.rows:
+        _log_study(target, out, result, args)
     return 0
+
+
+def _log_study(target: Any, out: Path, result: Any, args: argparse.Namespace) -> None:
+    """The study as an MLflow parent run, its finished trials as child runs."""
+    from l1cnn.tracking import log_runs
+
+    trials = {f"{r['configuration']}/seed-{r['seed']}": out / r["run_dir"] for r in result.rows}
+    params = {
+        "data": args.data,
+        "preset": args.preset,
+        "seeds": args.seeds,
+        "epochs_without_early_stopping": args.epochs_without_early_stopping,
+        "reference": result.reference,
+    }
+    files = [out / name for name in ("results.csv", "summary.md", "study.html")]
+    parent = log_runs(target, out.name, trials, params, artifacts=files)
+    if parent is not None:
+        print(f"MLflow:   run {parent} ({len(trials)} trials) in '{target.experiment}'")
 
 
 def add_report(sub: Subparsers) -> None:

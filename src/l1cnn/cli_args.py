@@ -90,3 +90,26 @@ def warn_skipped(skipped: list[str]) -> None:
             + (f"; and {len(skipped) - 3} more" if len(skipped) > 3 else ""),
             file=sys.stderr,
         )
+
+
+def add_mlflow_options(p: argparse.ArgumentParser) -> None:
+    """--mlflow URI and --mlflow-experiment NAME (issue 16; see l1cnn.tracking)."""
+    p.add_argument(
+        "--mlflow",
+        metavar="URI",
+        help="also log to MLflow at URI, e.g. sqlite:///mlflow.db or http://host:5000 "
+        "(default: $MLFLOW_TRACKING_URI; 'off' turns it off; needs l1cnn[mlflow]); if MLflow "
+        "fails, one warning and the run goes on",
+    )
+    p.add_argument(
+        "--mlflow-experiment",
+        metavar="NAME",
+        help="MLflow experiment (default: $MLFLOW_EXPERIMENT_NAME, else l1cnn)",
+    )
+
+
+def mlflow_target(args: argparse.Namespace) -> Any:
+    """The MlflowTarget of --mlflow / $MLFLOW_TRACKING_URI, or None (imports no mlflow)."""
+    from l1cnn.tracking import resolve_target
+
+    return resolve_target(args.mlflow, args.mlflow_experiment)

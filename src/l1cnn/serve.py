@@ -19,13 +19,14 @@ from typing import Any
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from l1cnn.config import ServeLimits, config_to_dict
 from l1cnn.data import load_image
 from l1cnn.errors import ConfigError, DataError
 from l1cnn.exported import ExportedModel, is_export_folder, load_export
 from l1cnn.runs import Run, load_run
+from l1cnn.serve_metrics import METRICS_PATH, MetricsMiddleware, ServeMetrics
 from l1cnn.serve_page import PAGE, PAGE_CSP
 from l1cnn.serve_security import (
     BearerAuth,
@@ -224,6 +225,10 @@ class Predictor:
         """What ``GET /v1/model`` returns."""
         raise NotImplementedError
 
+    def identity(self) -> dict[str, str]:
+        """The labels of ``l1cnn_model_info`` (``serve_metrics.IDENTITY_LABELS``)."""
+        raise NotImplementedError
+
 
 class RunPredictor(Predictor):
     """A run's Keras model behind a lock-free compiled forward function."""
@@ -244,6 +249,16 @@ class RunPredictor(Predictor):
         from l1cnn.explain import grad_cam
 
         return grad_cam(self.run.model, pixels, probs >= self.threshold)
+
+    def identity(self) -> dict[str, str]:
+        """The run's folder name and its model.keras sha256 (as recorded in run.json)."""
+        return {
+            "run": self.run.path.name,
+            "model_sha256": self.run.info.get("model_sha256", ""),
+            "model_format": "keras",
+            "positive_class": self.names[1],
+            "threshold": f"{self.threshold:g}",
+        }
 
     def describe(self, limits: ServeLimits) -> dict[str, Any]:
         """Classes, threshold, config, metrics summary, limits."""
@@ -284,6 +299,22 @@ class ExportPredictor(Predictor):
     def predict(self, pixels: np.ndarray) -> np.ndarray:
         return self.exported.predict(pixels)
 
+    def identity(self) -> dict[str, str]:
+        """The source run's folder name and the sha256 of the served file (.onnx, .tflite, or a
+        SavedModel's saved_model.pb)."""
+        from l1cnn.runs import file_sha256
+
+        artifact = self.exported.artifact
+        served = artifact / "saved_model.pb" if artifact.is_dir() else artifact
+        source = self.exported.info.get("source_run")
+        return {
+            "run": Path(source).name if source else self.exported.path.name,
+            "model_sha256": file_sha256(served) if served.is_file() else "",
+            "model_format": self.exported.format,
+            "positive_class": self.names[1],
+            "threshold": f"{self.threshold:g}",
+        }
+
     def describe(self, limits: ServeLimits) -> dict[str, Any]:
         """Classes, threshold, the export's format and parity check, limits."""
         return {
@@ -319,8 +350,10 @@ def create_app(
 ) -> Any:
     """The FastAPI application for ``run``, wrapped in its guards.
 
-    From the outside in: security headers, CORS (only with ``allow_origin``), the rate limit,
-    the bearer token (only with ``token``; ``security.open_paths()`` stay open), the body limit.
+    From the outside in: security headers, request metrics (``/metrics``), CORS (only with
+    ``allow_origin``), the rate limit, the bearer token (only with ``token``;
+    ``security.open_paths()`` stay open, ``/metrics`` among them with ``metrics_public``), the
+    body limit.
 
     Args:
         run: a Run, its folder, or an export folder (ONNX and LiteRT run without TensorFlow).
@@ -334,7 +367,9 @@ def create_app(
     """
     limits = limits or ServeLimits()
     security = security or ServeSecurity()
-    app = _api(predictor_for(run), limits)
+    predictor = predictor_for(run)
+    metrics = ServeMetrics(predictor.identity(), predictor.names)  # issue 16: GET /metrics
+    app = _api(predictor, limits, metrics)
     guarded: Any = BodyLimit(app, limits.max_request_bytes)
     if token is not None:
         guarded = BearerAuth(guarded, token, security.open_paths())
@@ -350,11 +385,11 @@ def create_app(
             allow_headers=["authorization", "content-type"],
             max_age=600,
         )
-    return SecurityHeaders(guarded)
+    return SecurityHeaders(MetricsMiddleware(guarded, metrics))
 
 
-def _api(predictor: Predictor, limits: ServeLimits) -> FastAPI:
-    """The routes: /healthz, /v1/model, the page at /, /v1/predict."""
+def _api(predictor: Predictor, limits: ServeLimits, metrics: ServeMetrics) -> FastAPI:
+    """The routes: /healthz, /v1/model, the page at /, /v1/predict, /metrics."""
     app = FastAPI(title="l1cnn", docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.exception_handler(RequestError)
@@ -373,6 +408,10 @@ def _api(predictor: Predictor, limits: ServeLimits) -> FastAPI:
     @app.get("/v1/model")
     async def model_info() -> dict[str, Any]:
         return predictor.describe(limits)
+
+    @app.get(METRICS_PATH)
+    async def prometheus_metrics() -> Response:
+        return Response(metrics.render(), media_type=metrics.content_type)
 
     @app.get("/", response_class=HTMLResponse)
     async def index() -> HTMLResponse:
@@ -400,6 +439,7 @@ def _api(predictor: Predictor, limits: ServeLimits) -> FastAPI:
             )
         probs = await run_in_threadpool(predictor.predict, pixels)
         result: dict[str, Any] = {"predictions": predictor.answer(probs, ids)}
+        metrics.count_answers(result["predictions"])  # by class, and "refer" decisions
         if want_saliency:
             maps = await run_in_threadpool(predictor.saliency, pixels, probs)
             if maps is not None:

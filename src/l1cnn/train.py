@@ -35,6 +35,7 @@ from l1cnn.loop import (
 )
 from l1cnn.model import build_model, compile_model, float32_twin
 from l1cnn.sampling import oversample_index
+from l1cnn.tracking import MlflowTarget, TrainTracking
 
 
 @dataclass
@@ -64,7 +65,10 @@ def resolve_config(config: Config, dataset: Dataset) -> Config:
 
 
 def resume(
-    run_dir: str | Path, verbose: bool = False, command: list[str] | None = None
+    run_dir: str | Path,
+    verbose: bool = False,
+    command: list[str] | None = None,
+    mlflow: MlflowTarget | None = None,
 ) -> TrainResult | None:
     """Continue a killed or interrupted run from its last backup, with its own config and data.
 
@@ -72,6 +76,7 @@ def resume(
         run_dir: the run folder (its ``config.toml`` and ``run.json``'s source are used).
         verbose: print a progress bar per epoch.
         command: the command line, recorded in ``run.json`` under ``resumed``.
+        mlflow: also log the run to MLflow (a new MLflow run, with the epochs before too).
 
     Returns:
         The TrainResult of the completed run, or None when the run had already finished
@@ -88,7 +93,9 @@ def resume(
     if info.get("status") in runs.FINAL_STATUSES:
         return None
     config = runs.read_run_config(run_dir)
-    return train(info["source"], config, out=run_dir, verbose=verbose, command=command, resume=True)
+    return train(
+        info["source"], config, run_dir, False, verbose, command, resume=True, mlflow=mlflow
+    )
 
 
 def _read_record(run_dir: Path, name: str) -> dict[str, Any]:
@@ -142,6 +149,7 @@ def train(
     verbose: bool = False,
     command: list[str] | None = None,
     resume: bool = False,
+    mlflow: MlflowTarget | None = None,
 ) -> TrainResult:
     """Train the classifier on ``source`` and write a run folder.
 
@@ -154,6 +162,7 @@ def train(
         command: the command line, recorded in ``run.json``.
         resume: continue the unfinished run in ``out`` from its last backup (use
             :func:`resume`, which reads the run's config and source).
+        mlflow: also log the run to MLflow (``l1cnn.tracking``); its failures only warn.
 
     Returns:
         A TrainResult; the same facts are in the run folder.
@@ -177,10 +186,11 @@ def train(
     runs.set_seed(config.train.seed)
     model = compile_model(build_model(config.model, dataset.image_shape), config)
     run_dir = run_dir if resume else runs.create_run_dir(run_dir, overwrite)
-    with runs.RunLock(run_dir):
+    with runs.RunLock(run_dir), TrainTracking(mlflow) as tracking:  # MLflow: only when asked
         opened = _open_run(source, config, dataset, run_dir, command, resume, started)
+        tracking.start(opened.config, opened.run_dir, opened.info)
         fitted = time.perf_counter()
-        result = _fit_run(opened, model, verbose)
+        result = _fit_run(opened, model, verbose, tracking.callbacks)
         timings["epochs"] = time.perf_counter() - fitted
         return _finish_run(opened, model, result, timings)
 
@@ -249,7 +259,9 @@ def _resume_advice(run_dir: Path) -> str:
     return f"; restore it, then `l1cnn train --resume {run_dir}` goes on from the last epoch"
 
 
-def _fit_run(opened: OpenRun, model: keras.Model, verbose: bool) -> FitResult:
+def _fit_run(
+    opened: OpenRun, model: keras.Model, verbose: bool, extra: list[EpochCallback] | None = None
+) -> FitResult:
     """Our loop over the run's data, from its backup if any, with a backup after every epoch."""
     config, dataset, state = opened.config, opened.dataset, opened.state
     weights = opened.info["class_weight"]
@@ -283,9 +295,10 @@ def _fit_run(opened: OpenRun, model: keras.Model, verbose: bool) -> FitResult:
     board = _tensorboard(opened, model) if config.train.tensorboard else None
     # The schedule changes the rate before the board logs it and the backup saves it; an epoch
     # backed up is an epoch logged; the guard comes after the backup, so the epoch it stops on
-    # is saved with its counter (resume then stops at once).
+    # is saved with its counter (resume then stops at once). Extra loggers (MLflow) see an
+    # epoch once it is backed up, and before the guard may stop on it.
     callbacks += [*schedules, *([board] if board is not None else [])]
-    callbacks += [_Backup(opened.run_dir, model, done, stopper, stateful), *guards]
+    callbacks += [_Backup(opened.run_dir, model, done, stopper, stateful), *(extra or []), *guards]
     # Streamed images are decoded during training: one that changed since the scan stops it.
     try:
         with image_read_errors(_resume_advice(opened.run_dir)):
