@@ -24,6 +24,9 @@ from l1cnn.cli_args import (
     EXIT_INTERRUPTED,
     EXIT_TRAINING_FAILED,
     Subparsers,
+    abstain_arg,
+    abstain_line,
+    add_abstain_option,
     add_config_options,
     add_mlflow_options,
     add_run_argument,
@@ -35,6 +38,7 @@ from l1cnn.cli_args import (
     mlflow_target,
     warn_skipped,
 )
+from l1cnn.commands import calibrate
 from l1cnn.config import (
     ExportOptions,
     PruneOptions,
@@ -215,6 +219,7 @@ def add_evaluate(sub: Subparsers) -> None:
         help="make the --threshold the run's own (metrics.json, report; predict uses it)",
     )
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    add_abstain_option(p)
     p.set_defaults(handler=cmd_evaluate)
 
 
@@ -225,6 +230,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     check_is_run(args.run)
     if args.threshold is not None:
         parse_threshold_rule(args.threshold)
+    abstain = abstain_arg(args.abstain)
     check_data(args.data)
     from l1cnn.predict import evaluate_run
     from l1cnn.rethreshold import rechoose_threshold, save_threshold
@@ -241,6 +247,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         data=args.data,
         threshold=None if choice is None else choice["value"],
         skip_bad_images=args.skip_bad_images,
+        abstain=abstain,
     )
     warn_skipped(metrics.get("skipped_images", []))
     if choice is not None:
@@ -255,6 +262,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )
     print(f"  {metrics_line(metrics)}  (threshold {metrics['threshold']:g})")
     print(f"  confusion: tn {cm['tn']}  fp {cm['fp']}  fn {cm['fn']}  tp {cm['tp']}")
+    if "abstain" in metrics:
+        print(abstain_line(metrics["abstain"]))
     if choice is not None:
         fixed = parse_threshold_rule(choice["rule"])[0] == "fixed"
         print(
@@ -293,6 +302,20 @@ def add_predict(sub: Subparsers) -> None:
     p.add_argument(
         "--threshold", type=float, metavar="P", help="decision threshold (default: the run's)"
     )
+    add_abstain_option(p)
+    p.add_argument(
+        "--mc-samples",
+        type=int,
+        metavar="N",
+        help="N forward passes with dropout on (Monte Carlo dropout; run folders only): "
+        "probability is their mean, probability_std their standard deviation",
+    )
+    p.add_argument(
+        "--mc-seed",
+        type=int,
+        metavar="S",
+        help="seed of the dropout masks for --mc-samples (default: the run's train.seed)",
+    )
     p.set_defaults(handler=cmd_predict)
 
 
@@ -306,21 +329,40 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for item in args.inputs:
         if not Path(item).exists():
             raise DataError(f"input '{Path(item)}' does not exist")
+    abstain = abstain_arg(args.abstain)
+    if args.mc_samples is not None and args.mc_samples < 1:
+        raise ConfigError(f"--mc-samples must be >= 1, got {args.mc_samples}")
     from l1cnn.exported import is_export_folder, predict_export
     from l1cnn.runs import atomic_write_text
 
+    extra: dict[str, Any] = {"abstain": abstain, "mc_samples": args.mc_samples}
     if is_export_folder(args.run):  # an ONNX or LiteRT export runs without TensorFlow
         predict = predict_export
     else:
         from l1cnn.predict import predict
+
+        extra["mc_seed"] = args.mc_seed
     result = predict(
-        args.run, args.inputs, skip_bad_images=args.skip_bad_images, threshold=args.threshold
+        args.run,
+        args.inputs,
+        skip_bad_images=args.skip_bad_images,
+        threshold=args.threshold,
+        **extra,
     )
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["path", "probability", "predicted_class"])
+    mc, refer = result.mc_samples is not None, result.coverage is not None
+    writer.writerow(
+        ["path", "probability", "predicted_class"]
+        + (["probability_std"] if mc else [])
+        + (["decision", "label_set"] if refer else [])
+    )
     for row in result.predictions:
-        writer.writerow([row.id, f"{row.probability:.6f}", row.predicted_class])
+        writer.writerow(
+            [row.id, f"{row.probability:.6f}", row.predicted_class]
+            + ([f"{row.std:.6f}"] if mc else [])
+            + ([row.decision, "|".join(row.label_set or [])] if refer else [])
+        )
     if result.skipped:
         print(
             f"warning: skipped {len(result.skipped)} bad image(s): {'; '.join(result.skipped[:3])}",
@@ -437,6 +479,7 @@ def add_serve(sub: Subparsers) -> None:
     p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
     add_options(p, ServeLimits)
     add_options(p, ServeSecurity)
+    add_abstain_option(p)
     p.set_defaults(handler=cmd_serve)
 
 
@@ -450,6 +493,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "pip install 'l1cnn[deploy]'"
         )
     limits = options_from_args(ServeLimits, args)
+    abstain = abstain_arg(args.abstain)
     from l1cnn.exported import is_export_folder
 
     if not is_export_folder(args.run):  # an ONNX or LiteRT export serves without TensorFlow
@@ -463,7 +507,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     token, warnings = resolve_token(security, args.host, loopback)
     check_tls_files(security)
     check_can_listen(args.host, args.port)
-    predictor = predictor_for(args.run)  # loads the model: a bad one stops here
+    predictor = predictor_for(args.run, abstain)  # loads the model: a bad one stops here
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if not loopback:
@@ -656,6 +700,7 @@ BUILDERS = (
     add_study,
     add_report,
     add_compare,
+    calibrate.add,
 )
 
 

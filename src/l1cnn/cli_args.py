@@ -13,8 +13,8 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from l1cnn.config import SECTIONS, load_config
-from l1cnn.errors import DataError
+from l1cnn.config import SECTIONS, load_config, parse_abstain_rule
+from l1cnn.errors import ConfigError, DataError
 from l1cnn.options import add_options, base_type, field_types
 
 EXIT_BAD_INPUT = 2
@@ -113,3 +113,41 @@ def mlflow_target(args: argparse.Namespace) -> Any:
     from l1cnn.tracking import resolve_target
 
     return resolve_target(args.mlflow, args.mlflow_experiment)
+
+
+def add_abstain_option(p: argparse.ArgumentParser) -> None:
+    """``--abstain coverage=X`` (predict, evaluate, serve): refer images to a human."""
+    p.add_argument(
+        "--abstain",
+        metavar="coverage=X",
+        help="refer images to a human: split-conformal label sets calibrated on the run's "
+        "validation split contain the true class with probability >= X (X in (0, 1)); an "
+        "image whose set is not one class is 'refer' (default: the run's train.abstain)",
+    )
+
+
+def abstain_arg(text: str | None) -> float | None:
+    """``--abstain coverage=X`` -> X (refused outside (0, 1)); None when not given."""
+    if text is None:
+        return None
+    coverage = parse_abstain_rule(text, key="--abstain")
+    if coverage is None:
+        raise ConfigError("--abstain needs coverage=X with X in (0, 1), e.g. coverage=0.95")
+    return coverage
+
+
+def abstain_line(report: dict[str, Any]) -> str:
+    """``evaluate``'s line for ``metrics["abstain"]``: coverage, referred, accuracy on the rest."""
+
+    def ci(key: str) -> str:
+        interval = report.get(f"{key}_ci")
+        return f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else ""
+
+    acc = report["accuracy_decided"]
+    return (
+        f"  abstain (conformal, target coverage {report['target_coverage']:g}): coverage "
+        f"{report['coverage']:.3f}{ci('coverage')}, referred {report['referred']:.3f}"
+        f"{ci('referred')}, accuracy on the {report['n_decided']} not referred "
+        + (f"{acc:.3f}{ci('accuracy_decided')}" if acc is not None else "n/a")
+        + " (95% Wilson intervals)"
+    )

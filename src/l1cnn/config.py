@@ -26,6 +26,29 @@ L1_MODES = ("penalty", "proximal")
 PRECISIONS = ("float32", "mixed_bfloat16")
 # Threshold rules: a number, or chosen on validation by l1cnn.evaluate.choose_threshold.
 THRESHOLD_RULES = ("f1", "youden", "recall=X", "precision=X")
+# Probability calibration fitted on the validation split ("none": the model's own probabilities).
+CALIBRATION_METHODS = ("none", "temperature")
+
+
+def parse_abstain_rule(rule: str, key: str = "train.abstain") -> float | None:
+    """Parse ``"none"`` or ``"coverage=X"`` (X in (0, 1)): the conformal coverage, or None.
+
+    Raises:
+        ConfigError: naming ``key`` and the accepted form.
+    """
+    text = str(rule).strip().lower()
+    if text == "none":
+        return None
+    kind, sep, target = text.partition("=")
+    try:
+        value = float(target) if sep and kind.strip() == "coverage" else float("nan")
+    except ValueError:
+        value = float("nan")
+    if not 0.0 < value < 1.0:  # NaN fails too
+        raise ConfigError(
+            f"'{key}' must be none or coverage=X with X in (0, 1), e.g. coverage=0.95; got {rule!r}"
+        )
+    return value
 
 
 def parse_threshold_rule(rule: str) -> tuple[str, float | None]:
@@ -156,6 +179,18 @@ class TrainConfig:
     )
     tensorboard: bool = _opt(
         True, "write TensorBoard event files into the run folder's tensorboard/"
+    )
+    calibration: str = _opt(
+        "none",
+        "none (the model's own probabilities), or temperature (one scalar fitted on the "
+        "validation log loss; predict, evaluate, serve and exports use it)",
+        choices=CALIBRATION_METHODS,
+    )
+    abstain: str = _opt(
+        "none",
+        "none, or coverage=X: refer to a human each image whose split-conformal label set "
+        "(calibrated on validation) is not one class",
+        metavar="none|coverage=X",
     )
 
 
@@ -398,6 +433,13 @@ def _check_ranges(config: Config) -> None:
     )
     need(t.seed >= 0, "train.seed", "must be >= 0", t.seed)
     parse_threshold_rule(t.threshold)  # raises ConfigError for a malformed rule
+    need(
+        t.calibration in CALIBRATION_METHODS,
+        "train.calibration",
+        f"must be one of {CALIBRATION_METHODS}",
+        t.calibration,
+    )
+    parse_abstain_rule(t.abstain)
     a = config.augment
     need(0 <= a.rotation <= 0.5, "augment.rotation", "must be in [0, 0.5]", a.rotation)
     for key in ("zoom", "translation", "contrast"):

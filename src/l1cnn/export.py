@@ -132,8 +132,12 @@ def _representative(run: runs.Run) -> Callable[[], Iterator[list[np.ndarray]]]:
 def _write_artifact(
     run: runs.Run, options: ExportOptions, folder: Path, meta: dict[str, Any]
 ) -> Path:
-    """Convert the run's model into ``folder``; return the artifact's path."""
-    model = run.model
+    """Convert the run's model into ``folder``; return the artifact's path.
+
+    A calibrated run exports its model with the temperature inside the graph, so every
+    format gives the run's calibrated probability.
+    """
+    model = run.calibrated_model
     # Keras' ONNX exporter refuses a model that was loaded but never called.
     model(np.zeros((1, *run.image_shape), np.float32), training=False)
     target = folder / ARTIFACTS[options.format]
@@ -214,6 +218,25 @@ def compare_predictions(
     }
 
 
+def _calibration_meta(run: runs.Run) -> dict[str, Any]:
+    """What an export needs to answer like its run without it (issue 15).
+
+    ``temperature`` is already applied inside the graph (1.0: none); ``abstain`` is the run's
+    default rule and ``conformal_scores`` the sorted validation scores, from which the
+    export's split-conformal threshold is computed for any coverage.
+    """
+    from l1cnn.calibration import conformal_scores
+    from l1cnn.rethreshold import stored_predictions
+
+    meta: dict[str, Any] = {"temperature": run.temperature, "abstain": run.config.train.abstain}
+    try:
+        labels, probs = stored_predictions(run.path)["val"]
+    except RunError:  # no predictions.csv: the export answers, but cannot refer
+        return meta
+    meta["conformal_scores"] = [round(float(v), 8) for v in conformal_scores(labels, probs)]
+    return meta
+
+
 def _size_bytes(path: Path) -> int:
     if path.is_file():
         return path.stat().st_size
@@ -278,6 +301,7 @@ def export_run(
         "input": "pixels: 0..255, shape (N, H, W, C); "
         + ("uint8" if options.format == "savedmodel" else "float32"),
         "output": "positive-class probability",
+        **_calibration_meta(run),
     }
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial"))
     try:
@@ -298,7 +322,7 @@ def export_run(
         pixels = np.asarray(test.images)  # the test split, decoded, for the parity check
         if options.format == "savedmodel":
             pixels = as_uint8(pixels)  # compare on exactly what the signature sees
-        reference = predict_split(run.model, Split(pixels, test.labels, test.ids))
+        reference = predict_split(run.calibrated_model, Split(pixels, test.labels, test.ids))
         tolerance = FLOAT_TOLERANCE if options.quantize is None else None
         parity = compare_predictions(
             test.labels, reference, exported.predict(pixels), run.threshold, tolerance

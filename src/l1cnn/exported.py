@@ -17,9 +17,10 @@ import numpy as np
 
 from l1cnn import runs
 from l1cnn.config import EXPORT_FORMATS as FORMATS
+from l1cnn.config import parse_abstain_rule
 from l1cnn.data import PREDICT_CHUNK
-from l1cnn.errors import ModelError, RunError, first_line
-from l1cnn.inference import PredictResult, predict_with
+from l1cnn.errors import ConfigError, ModelError, RunError, first_line
+from l1cnn.inference import PredictResult, add_decisions, predict_with
 
 EXPORT_FILE = "export.json"
 
@@ -81,6 +82,33 @@ class ExportedModel:
     def image_shape(self) -> tuple[int, int, int]:
         """(height, width, channels) the model takes."""
         return tuple(self.info["image_shape"])  # type: ignore[return-value]
+
+    @property
+    def temperature(self) -> float:
+        """The run's temperature, already inside the exported graph (1.0: not calibrated)."""
+        return float(self.info.get("temperature", 1.0))
+
+    def abstain_coverage(self, coverage: float | None) -> float | None:
+        """The coverage asked for (checked to be in (0, 1)), else the run's ``train.abstain``."""
+        if coverage is None:
+            return parse_abstain_rule(self.info.get("abstain", "none"))
+        return parse_abstain_rule(f"coverage={coverage}", key="--abstain")
+
+    def refer_threshold(self, coverage: float) -> float:
+        """The split-conformal score threshold from the validation scores the export carries.
+
+        Raises:
+            RunError: an export written before it carried them.
+        """
+        from l1cnn.calibration import threshold_from_scores
+
+        scores = self.info.get("conformal_scores")
+        if not scores:
+            raise RunError(
+                f"export '{self.path}' carries no validation scores for --abstain; "
+                "export the run again with this version of l1cnn"
+            )
+        return threshold_from_scores(scores, coverage)
 
     def _load(self) -> Callable[[np.ndarray], np.ndarray]:
         try:
@@ -168,6 +196,8 @@ def predict_export(
     inputs: Iterable[str | Path],
     skip_bad_images: bool = False,
     threshold: float | None = None,
+    abstain: float | None = None,
+    mc_samples: int | None = None,
 ) -> PredictResult:
     """Like ``l1cnn.predict.predict`` but through an exported model, with the same preprocessing.
 
@@ -176,12 +206,28 @@ def predict_export(
         inputs: image files, folders (searched recursively) and ``.npz`` files.
         skip_bad_images: skip unreadable images instead of failing.
         threshold: override the exported decision threshold.
+        abstain: target coverage in (0, 1) of split-conformal label sets, from the validation
+            scores in ``export.json`` (default: the run's ``train.abstain``).
+        mc_samples: refused: an exported graph runs in inference mode, without dropout.
 
     Returns:
         A PredictResult in input order.
+
+    Raises:
+        ConfigError: ``mc_samples`` given, or ``abstain`` outside (0, 1).
     """
+    if mc_samples is not None:
+        raise ConfigError(
+            "--mc-samples needs a run folder: an export runs without dropout (inference mode)"
+        )
     exported = load_export(path)
+    coverage = exported.abstain_coverage(abstain)
+    q = None if coverage is None else exported.refer_threshold(coverage)
     cut = exported.threshold if threshold is None else threshold
-    return predict_with(
+    result = predict_with(
         exported.predict, exported.image_shape, exported.class_names, cut, inputs, skip_bad_images
     )
+    if q is not None:
+        add_decisions(result.predictions, exported.class_names, q)
+        result.coverage = coverage
+    return result

@@ -23,8 +23,11 @@ class Prediction:
     """One image's answer."""
 
     id: str
-    probability: float
+    probability: float  # with Monte Carlo dropout: the mean over the passes
     predicted_class: str
+    std: float | None = None  # with Monte Carlo dropout: the standard deviation over the passes
+    decision: str | None = None  # with abstention: the class, or REFER
+    label_set: list[str] | None = None  # with abstention: the conformal set of class names
 
 
 @dataclass
@@ -34,6 +37,28 @@ class PredictResult:
     predictions: list[Prediction]
     skipped: list[str] = field(default_factory=list)
     threshold: float = 0.5
+    coverage: float | None = None  # the abstention's target coverage, when asked for
+    mc_samples: int | None = None  # Monte Carlo dropout passes, when asked for
+
+
+REFER = "refer"  # the decision for an image whose conformal label set is not a single class
+
+
+def add_decisions(predictions: list[Prediction], names: list[str], q: float) -> None:
+    """Fill ``decision`` and ``label_set`` of each prediction from a conformal score threshold.
+
+    Args:
+        predictions: answers whose ``probability`` is the run's (calibrated) probability.
+        names: [negative, positive] class names.
+        q: the split-conformal score threshold (``l1cnn.calibration.threshold_from_scores``).
+    """
+    from l1cnn.calibration import prediction_sets
+
+    probs = np.array([p.probability for p in predictions], dtype=np.float64)
+    has_neg, has_pos = prediction_sets(probs, q)
+    for p, neg, pos in zip(predictions, has_neg, has_pos, strict=True):
+        p.label_set = [n for n, inside in zip(names, (neg, pos), strict=True) if inside]
+        p.decision = p.label_set[0] if len(p.label_set) == 1 else REFER
 
 
 def _chunks(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
@@ -68,7 +93,8 @@ def predict_with(
     files with exactly the same preprocessing as a run.
 
     Args:
-        forward: maps a float32 batch (N, H, W, C) of 0..255 pixels to probabilities (N,).
+        forward: maps a float32 batch (N, H, W, C) of 0..255 pixels to probabilities (N,),
+            or to Monte Carlo samples (N, S): then their mean and standard deviation.
         image_shape: (height, width, channels) the model takes.
         names: [negative, positive] class names.
         cut: the decision threshold.
@@ -112,6 +138,9 @@ def predict_with(
             if not keep:
                 continue
             probs = forward(np.stack([batch[i] for i in keep]).astype(np.float32))
-            for i, p in zip(keep, probs, strict=True):
-                out.append(Prediction(ids[i], float(p), names[int(p >= cut)]))
+            stds = probs.std(axis=1) if probs.ndim == 2 else [None] * len(keep)
+            probs = probs.mean(axis=1) if probs.ndim == 2 else probs
+            for i, p, sd in zip(keep, probs, stds, strict=True):
+                std = None if sd is None else float(sd)
+                out.append(Prediction(ids[i], float(p), names[int(p >= cut)], std))
     return PredictResult(out, skipped, cut)

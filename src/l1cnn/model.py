@@ -137,3 +137,61 @@ def kernel_sparsity(model: keras.Model, near_zero: float = NEAR_ZERO) -> list[Ke
                 )
             )
     return out
+
+
+class TemperatureSigmoid(keras.layers.Layer):
+    """``sigmoid((h @ kernel + bias) / T)`` with the kernel and bias of the model's output layer.
+
+    Temperature scaling inside the graph, on the exact logit (not one recovered from a rounded
+    probability), so every export of the wrapped model gives the calibrated probability.
+    """
+
+    def __init__(self, output_layer: keras.layers.Dense, temperature: float, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.output_layer = output_layer
+        self.temperature = float(temperature)
+
+    def call(self, h):  # noqa: ANN001, ANN201 (Keras tensors)
+        z = keras.ops.matmul(h, self.output_layer.kernel)
+        if self.output_layer.use_bias:
+            z = z + self.output_layer.bias
+        return keras.ops.sigmoid(z / self.temperature)
+
+
+def with_temperature(model: keras.Model, temperature: float) -> keras.Model:
+    """The same network with its logit divided by ``temperature`` (shares the weights).
+
+    ``temperature == 1`` returns ``model`` itself. The model must end in a one-unit sigmoid
+    ``Dense`` (as :func:`build_model`'s does); the wrapper is for inference and export only
+    and is never saved as a run's model.
+    """
+    if temperature == 1.0:
+        return model
+    last = model.layers[-1]
+    if not (
+        isinstance(last, keras.layers.Dense)
+        and last.units == 1
+        and keras.activations.serialize(last.activation) == "sigmoid"
+    ):
+        raise ConfigError(
+            "temperature scaling needs a model that ends in a one-unit sigmoid Dense layer"
+        )
+    outputs = TemperatureSigmoid(last, temperature, name="temperature")(last.input)
+    return keras.Model(model.inputs, outputs, name=f"{model.name}_calibrated")
+
+
+def with_seeded_dropout(model: keras.Model, seed: int) -> keras.Model:
+    """A copy of ``model`` sharing its weights, whose Dropout layers draw from ``seed``.
+
+    For Monte Carlo dropout: called with ``training=True`` a fresh copy gives the same masks
+    for the same seed, whatever the global random state. Apply it after
+    :func:`with_temperature`, not before.
+    """
+    counter = iter(range(1_000_000))
+
+    def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
+        if isinstance(layer, keras.layers.Dropout):
+            return keras.layers.Dropout(layer.rate, seed=seed + next(counter), name=layer.name)
+        return layer  # the same layer object: weights shared
+
+    return keras.models.clone_model(model, clone_function=clone)

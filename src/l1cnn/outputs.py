@@ -35,6 +35,7 @@ HISTORY_FIELDS = [
     "seconds",
 ]
 PREDICTION_FIELDS = ["split", "id", "label", "probability"]
+UNCALIBRATED_FIELD = runs.UNCALIBRATED_FIELD  # the model's own probability, when calibrated
 
 
 @contextlib.contextmanager
@@ -61,6 +62,44 @@ def score_dataset(
     return metrics, probs
 
 
+def calibrate_scores(
+    metrics: dict[str, Any],
+    probs: dict[str, np.ndarray],
+    dataset: Dataset,
+    threshold_rule: str,
+    method: str,
+) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, Any] | None]:
+    """Temperature-scale ``score_dataset``'s probabilities when ``method`` is "temperature".
+
+    T is fitted on the validation probabilities; the threshold rule is applied again on the
+    calibrated validation probabilities and every split's metrics recomputed.
+
+    Returns:
+        ``(metrics, probs, record)``: for "none", the inputs unchanged and ``None``; else the
+        calibrated metrics (with ``metrics["calibration"]``), probabilities, and the
+        ``calibration.json`` record for :class:`FinishedRun`, whose ``"uncalibrated"`` key holds
+        the model's own probabilities (written into ``predictions.csv``, not the record).
+    """
+    from l1cnn.calibration import apply_temperature, fit_temperature, temperature_record
+
+    if method == "none":
+        return metrics, probs, None
+    labels = {name: split.labels for name, split in dataset.splits.items()}
+    temperature = fit_temperature(labels["val"], probs["val"])
+    calibrated = {name: apply_temperature(p, temperature) for name, p in probs.items()}
+    record = temperature_record(
+        temperature,
+        {s: (labels[s], probs[s]) for s in ("val", "test")},
+        {s: calibrated[s] for s in ("val", "test")},
+    )
+    choice = threshold_choice(threshold_rule, labels["val"], calibrated["val"])
+    new: dict[str, Any] = {"threshold": choice}
+    for name in dataset.splits:
+        new[name] = compute_metrics(labels[name], calibrated[name], choice["value"])
+    new["calibration"] = dict(record)
+    return new, calibrated, {**record, "uncalibrated": probs}
+
+
 def add_diagnosis(
     metrics: dict[str, Any],
     probs: dict[str, np.ndarray],
@@ -75,19 +114,29 @@ def add_diagnosis(
     metrics["diagnosis"] = diagnose(probs["val"], metrics["val"]["roc_auc"], l1_share, l1_lambda)
 
 
-def prediction_rows(dataset: Dataset, probs: dict[str, np.ndarray]) -> list[dict[str, Any]]:
-    """Rows of ``predictions.csv``: validation and test probabilities with labels."""
-    return [
-        {
-            "split": name,
-            "id": split.ids[i],
-            "label": int(split.labels[i]),
-            "probability": f"{probs[name][i]:.8f}",
-        }
-        for name in ("val", "test")
-        for split in [dataset.splits[name]]
-        for i in range(len(split))
-    ]
+def prediction_rows(
+    dataset: Dataset,
+    probs: dict[str, np.ndarray],
+    uncalibrated: dict[str, np.ndarray] | None = None,
+) -> list[dict[str, Any]]:
+    """Rows of ``predictions.csv``: validation and test probabilities with labels.
+
+    With ``uncalibrated`` (a calibrated run), each row also keeps the model's own probability.
+    """
+    rows = []
+    for name in ("val", "test"):
+        split = dataset.splits[name]
+        for i in range(len(split)):
+            row = {
+                "split": name,
+                "id": split.ids[i],
+                "label": int(split.labels[i]),
+                "probability": f"{probs[name][i]:.8f}",
+            }
+            if uncalibrated is not None:
+                row[UNCALIBRATED_FIELD] = f"{uncalibrated[name][i]:.8f}"
+            rows.append(row)
+    return rows
 
 
 def write_run_records(
@@ -122,6 +171,8 @@ class FinishedRun:
     probs: dict[str, np.ndarray]
     info: dict[str, Any]
     extra_records: dict[str, Any] = field(default_factory=dict)  # file name -> JSON content
+    # calibrate_scores' record (calibration.json, plus the model's own probabilities), or None.
+    calibration: dict[str, Any] | None = None
 
 
 def write_finished_run(run_dir: Path, finished: FinishedRun) -> dict[str, float]:
@@ -135,17 +186,22 @@ def write_finished_run(run_dir: Path, finished: FinishedRun) -> dict[str, float]
         Seconds spent writing the files, on the explanation and on the report.
     """
     info = finished.info
+    extra = dict(finished.extra_records)
+    uncalibrated = None
+    if finished.calibration is not None:
+        extra[runs.CALIBRATION_FILE] = dict(finished.calibration)
+        uncalibrated = extra[runs.CALIBRATION_FILE].pop("uncalibrated")
     started = time.perf_counter()
     with writing_to(run_dir):
         info["model_sha256"] = runs.save_model_atomic(finished.model, run_dir / runs.MODEL_FILE)
         runs.write_csv(run_dir / runs.HISTORY_FILE, finished.history, HISTORY_FIELDS)
         runs.write_csv(
             run_dir / runs.PREDICTIONS_FILE,
-            prediction_rows(finished.dataset, finished.probs),
-            PREDICTION_FIELDS,
+            prediction_rows(finished.dataset, finished.probs, uncalibrated),
+            PREDICTION_FIELDS + ([UNCALIBRATED_FIELD] if uncalibrated is not None else []),
         )
         runs.write_json(run_dir / runs.METRICS_FILE, finished.metrics)
-        for name, record in finished.extra_records.items():
+        for name, record in extra.items():
             runs.write_json(run_dir / name, record)
         runs.write_json(run_dir / runs.RUN_FILE, info)
         if info.get("status") in runs.FINAL_STATUSES:  # finished: the backup has done its job

@@ -6,7 +6,7 @@ so thousands of images run without memory growth.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -23,9 +23,15 @@ from l1cnn.data import (
     load_data,
     make_tf_dataset,
 )
-from l1cnn.errors import DataError
+from l1cnn.errors import ConfigError, DataError
 from l1cnn.evaluate import compute_metrics
-from l1cnn.inference import Prediction, PredictResult, predict_with  # noqa: F401  (public here)
+from l1cnn.inference import (  # noqa: F401  (Prediction, REFER: public here)
+    REFER,
+    Prediction,
+    PredictResult,
+    add_decisions,
+    predict_with,
+)
 from l1cnn.loop import make_predict_fn, predict_dataset
 from l1cnn.runs import Run, load_run
 
@@ -51,25 +57,96 @@ def _as_run(run: Run | str | Path) -> Run:
     return run if isinstance(run, Run) else load_run(run)
 
 
+def abstain_coverage(run: Run, coverage: float | None) -> float | None:
+    """The coverage asked for (checked to be in (0, 1)), else the run's ``train.abstain``."""
+    from l1cnn.config import parse_abstain_rule
+
+    if coverage is None:
+        return parse_abstain_rule(run.config.train.abstain)
+    return parse_abstain_rule(f"coverage={coverage}", key="--abstain")
+
+
+def conformal_threshold_of(run: Run, coverage: float) -> float:
+    """The split-conformal score threshold from the run's stored validation predictions."""
+    from l1cnn.calibration import conformal_threshold
+    from l1cnn.rethreshold import stored_predictions
+
+    labels, probs = stored_predictions(run.path)["val"]
+    return conformal_threshold(labels, probs, coverage)
+
+
+def make_mc_predict_fn(model: keras.Model, n_samples: int, seed: int) -> Callable:
+    """Monte Carlo dropout: pixels (N, H, W, C) -> probabilities (N, n_samples), dropout on.
+
+    A fresh copy of the model whose Dropout layers draw from ``seed``: the same seed and the
+    same inputs in the same order give the same numbers.
+    """
+    import tensorflow as tf
+
+    from l1cnn.model import with_seeded_dropout
+
+    sampled = with_seeded_dropout(model, seed)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, *model.input_shape[1:]], tf.float32)])
+    def forward(x: Any) -> Any:
+        return tf.reshape(sampled(x, training=True), [-1])
+
+    def predict(x: Any) -> np.ndarray:
+        x = tf.cast(x, tf.float32)
+        return np.stack([forward(x).numpy() for _ in range(n_samples)], axis=1)
+
+    return predict
+
+
+def check_mc_samples(mc_samples: int | None) -> None:
+    """Refuse ``--mc-samples`` below 1."""
+    if mc_samples is not None and mc_samples < 1:
+        raise ConfigError(f"--mc-samples must be >= 1, got {mc_samples}")
+
+
 def predict(
     run: Run | str | Path,
     inputs: Iterable[str | Path],
     skip_bad_images: bool = False,
     threshold: float | None = None,
+    abstain: float | None = None,
+    mc_samples: int | None = None,
+    mc_seed: int | None = None,
 ) -> PredictResult:
     """Positive-class probabilities and class names for image files, folders or ``.npz`` files.
+
+    The probabilities are the run's: temperature-scaled when the run is calibrated.
 
     Args:
         run: a Run or its folder.
         inputs: image files, folders (searched recursively) and ``.npz`` files.
         skip_bad_images: skip unreadable images (listed in ``skipped``) instead of failing.
         threshold: override the run's decision threshold.
+        abstain: target coverage in (0, 1) of split-conformal label sets (default: the run's
+            ``train.abstain``); each prediction gains ``decision`` (a class or "refer") and
+            ``label_set``.
+        mc_samples: run this many forward passes with dropout on; ``probability`` is their
+            mean and ``std`` their standard deviation.
+        mc_seed: the seed of the dropout masks (default: the run's ``train.seed``).
+
+    Raises:
+        ConfigError: ``abstain`` outside (0, 1) or ``mc_samples`` < 1.
     """
+    check_mc_samples(mc_samples)
     run = _as_run(run)
+    coverage = abstain_coverage(run, abstain)
     cut = run.threshold if threshold is None else threshold
-    return predict_with(
-        make_predict_fn(run.model), run.image_shape, run.class_names, cut, inputs, skip_bad_images
-    )
+    if mc_samples is None:
+        forward = make_predict_fn(run.calibrated_model)
+    else:
+        seed = run.config.train.seed if mc_seed is None else mc_seed
+        forward = make_mc_predict_fn(run.calibrated_model, mc_samples, seed)
+    result = predict_with(forward, run.image_shape, run.class_names, cut, inputs, skip_bad_images)
+    result.mc_samples = mc_samples
+    if coverage is not None:
+        add_decisions(result.predictions, run.class_names, conformal_threshold_of(run, coverage))
+        result.coverage = coverage
+    return result
 
 
 def reload_run_data(run: Run) -> Dataset:
@@ -114,21 +191,32 @@ def evaluate_run(
     data: str | Path | None = None,
     threshold: float | None = None,
     skip_bad_images: bool = False,
+    abstain: float | None = None,
 ) -> dict[str, Any]:
     """Metrics of a saved run on its own test split (default) or on the images of ``data``.
 
     With ``data`` and ``skip_bad_images``, unreadable images are skipped and listed under
-    ``skipped_images``.
+    ``skipped_images``. With ``abstain`` (a coverage in (0, 1); default the run's
+    ``train.abstain``), ``metrics["abstain"]`` holds the empirical coverage of the conformal
+    label sets, the share referred and the accuracy on the rest, with 95% Wilson intervals.
     """
     run = _as_run(run)
+    coverage = abstain_coverage(run, abstain)
     skipped: list[str] = []
     if data is None:
         split, what, source = reload_run_data(run).splits["test"], "test split", run.info["source"]
     else:
         (split, what, skipped), source = load_other_data(run, data, skip_bad_images), str(data)
-    probs = predict_split(run.model, split)
+    probs = predict_split(run.calibrated_model, split)
     cut = run.threshold if threshold is None else threshold
     metrics = compute_metrics(split.labels, probs, cut)
+    if run.temperature != 1.0:
+        metrics["temperature"] = run.temperature
+    if coverage is not None:
+        from l1cnn.calibration import abstain_report
+
+        q = conformal_threshold_of(run, coverage)
+        metrics["abstain"] = abstain_report(split.labels, probs, q, coverage)
     metrics.update(source=source, evaluated_on=what)
     if skipped:
         metrics["skipped_images"] = skipped

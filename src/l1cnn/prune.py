@@ -221,6 +221,9 @@ def prune_run(
         result = _fine_tune(model, masks, run, dataset, options.fine_tune_epochs, verbose)
         how = f"fine-tuned with the zeros fixed: {result.status}, {result.epochs_run} epoch(s)"
     metrics, probs = outputs.score_dataset(model, dataset, threshold_rule)
+    metrics, probs, calibration = outputs.calibrate_scores(  # train.calibration (issue 15)
+        metrics, probs, dataset, threshold_rule, run.config.train.calibration
+    )
     outputs.add_diagnosis(
         metrics, probs, result.history, result.best_epoch, run.config.model.l1_lambda
     )
@@ -233,7 +236,14 @@ def prune_run(
     outputs.write_finished_run(
         run_dir,
         outputs.FinishedRun(
-            plain_copy(model), dataset, result.history, metrics, probs, info, {PRUNE_FILE: record}
+            plain_copy(model),
+            dataset,
+            result.history,
+            metrics,
+            probs,
+            info,
+            {PRUNE_FILE: record},
+            calibration=calibration,
         ),
     )
     return PruneResult(run_dir, record)

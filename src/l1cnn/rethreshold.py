@@ -85,7 +85,7 @@ def save_threshold(run_dir: str | Path, rule: str, command: list[str] | None = N
     metrics = dict(run.metrics)
     train_split = dataset.splits["train"]
     metrics["train"] = compute_metrics(
-        train_split.labels, predict_split(run.model, train_split), value
+        train_split.labels, predict_split(run.calibrated_model, train_split), value
     )
     for split in ("val", "test"):
         metrics[split] = compute_metrics(*stored[split], value)

@@ -32,6 +32,9 @@ SPLIT_FILE = "split.json"
 HISTORY_FILE = "history.csv"
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.csv"
+CALIBRATION_FILE = "calibration.json"  # the temperature, when the run's probabilities are scaled
+# A calibrated run's predictions.csv also keeps the model's own probabilities (to refit T).
+UNCALIBRATED_FIELD = "uncalibrated_probability"
 # The resumable per-epoch backup and the lock of a live trainer (docs/run-folder.md).
 BACKUP_FILE = "backup.npz"
 EXPLAIN_FILE = "explain.npz"  # written by l1cnn.explain, drawn by the report
@@ -285,7 +288,29 @@ class Run:
     info: dict[str, Any]
     data: dict[str, Any]
     metrics: dict[str, Any]
-    model: Any
+    model: Any  # as trained (model.keras)
+    calibration: dict[str, Any] | None = None  # calibration.json, when there is one
+
+    @property
+    def temperature(self) -> float:
+        """The temperature the run's logits are divided by (1.0: not calibrated)."""
+        return float(self.calibration["temperature"]) if self.calibration else 1.0
+
+    @property
+    def calibrated_model(self) -> Any:
+        """The model that gives the run's probabilities: ``model`` with its temperature.
+
+        What predict, evaluate, serve and export use; ``model`` itself when not calibrated.
+        """
+        if self.temperature == 1.0:
+            return self.model
+        cached = getattr(self, "_calibrated", None)
+        if cached is None or cached[0] != self.temperature:
+            from l1cnn.model import with_temperature
+
+            cached = (self.temperature, with_temperature(self.model, self.temperature))
+            self._calibrated = cached
+        return cached[1]
 
     @property
     def class_names(self) -> list[str]:
@@ -364,9 +389,20 @@ def load_run(path: str | Path) -> Run:
         info = read_json(path / RUN_FILE)
         data = read_json(path / DATA_FILE)
         metrics = read_json(path / METRICS_FILE)
+        calibration = (
+            read_json(path / CALIBRATION_FILE) if (path / CALIBRATION_FILE).exists() else None
+        )
     except (OSError, ValueError) as exc:  # ValueError: bad JSON or not UTF-8 at all
         raise RunError(f"run '{path}' has an unreadable record: {exc}") from None
     config = read_run_config(path)
     check_model_sha256(path, info)
     model = load_model_file(path / MODEL_FILE)
-    return Run(path=path, config=config, info=info, data=data, metrics=metrics, model=model)
+    return Run(
+        path=path,
+        config=config,
+        info=info,
+        data=data,
+        metrics=metrics,
+        model=model,
+        calibration=calibration,
+    )

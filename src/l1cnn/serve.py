@@ -200,6 +200,9 @@ class Predictor:
     shape: tuple[int, int, int]
     names: list[str]
     threshold: float
+    # Refer to a human (issue 15): the target coverage and its split-conformal score threshold.
+    coverage: float | None = None
+    refer_q: float | None = None
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:
         """Probabilities (N,) for float32 pixels (N, H, W, C)."""
@@ -210,8 +213,8 @@ class Predictor:
         return None
 
     def answer(self, probs: np.ndarray, ids: list[str]) -> list[dict[str, Any]]:
-        """One JSON object per image."""
-        return [
+        """One JSON object per image (with abstention: ``decision`` and ``label_set`` too)."""
+        out = [
             {
                 "id": i,
                 "probability": float(p),
@@ -220,6 +223,23 @@ class Predictor:
             }
             for i, p in zip(ids, probs, strict=True)
         ]
+        if self.refer_q is not None:  # issue 15: "decision" is a class name or "refer"
+            from l1cnn.inference import Prediction, add_decisions
+
+            rows = [Prediction(item["id"], item["probability"], item["class"]) for item in out]
+            add_decisions(rows, self.names, self.refer_q)
+            for item, row in zip(out, rows, strict=True):
+                item.update(decision=row.decision, label_set=row.label_set)
+        return out
+
+    def calibration_info(self) -> dict[str, Any]:
+        """The temperature and abstention part of ``GET /v1/model`` (issue 15)."""
+        return {"temperature": self.temperature, "abstain_coverage": self.coverage}
+
+    @property
+    def temperature(self) -> float:
+        """The temperature of the probabilities served (1.0: not calibrated)."""
+        return 1.0
 
     def describe(self, limits: ServeLimits) -> dict[str, Any]:
         """What ``GET /v1/model`` returns."""
@@ -233,14 +253,21 @@ class Predictor:
 class RunPredictor(Predictor):
     """A run's Keras model behind a lock-free compiled forward function."""
 
-    def __init__(self, run: Run) -> None:
+    def __init__(self, run: Run, abstain: float | None = None) -> None:
         from l1cnn.loop import make_predict_fn
+        from l1cnn.predict import abstain_coverage, conformal_threshold_of
 
         self.run = run
         self.shape = run.image_shape
         self.names = run.class_names
         self.threshold = run.threshold
-        self._forward = make_predict_fn(run.model)
+        self._forward = make_predict_fn(run.calibrated_model)  # the run's (calibrated) probability
+        self.coverage = abstain_coverage(run, abstain)
+        self.refer_q = None if self.coverage is None else conformal_threshold_of(run, self.coverage)
+
+    @property
+    def temperature(self) -> float:
+        return self.run.temperature
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:
         return self._forward(pixels)
@@ -280,6 +307,7 @@ class RunPredictor(Predictor):
             "config": config_to_dict(self.run.config),
             "metrics": metrics,
             "limits": asdict(limits),
+            **self.calibration_info(),
         }
 
 
@@ -290,11 +318,17 @@ class ExportPredictor(Predictor):
     Keras model, so it has none.
     """
 
-    def __init__(self, exported: ExportedModel) -> None:
+    def __init__(self, exported: ExportedModel, abstain: float | None = None) -> None:
         self.exported = exported
         self.shape = exported.image_shape
         self.names = exported.class_names
         self.threshold = exported.threshold
+        self.coverage = exported.abstain_coverage(abstain)
+        self.refer_q = None if self.coverage is None else exported.refer_threshold(self.coverage)
+
+    @property
+    def temperature(self) -> float:
+        return self.exported.temperature
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:
         return self.exported.predict(pixels)
@@ -327,18 +361,25 @@ class ExportPredictor(Predictor):
             "input": "pixels 0..255, shape [H, W, C] (or [H, W] for one channel)",
             "parity": self.exported.info.get("parity"),
             "limits": asdict(limits),
+            **self.calibration_info(),
         }
 
 
-def predictor_for(source: Predictor | Run | str | Path) -> Predictor:
-    """The predictor of a Run, a run folder, or an export folder (``l1cnn export``)."""
+def predictor_for(source: Predictor | Run | str | Path, abstain: float | None = None) -> Predictor:
+    """The predictor of a Run, a run folder, or an export folder (``l1cnn export``).
+
+    Args:
+        source: what to serve (a Predictor is returned as it is).
+        abstain: conformal coverage in (0, 1) for "refer" decisions (default: the run's
+            ``train.abstain``).
+    """
     if isinstance(source, Predictor):
         return source
     if isinstance(source, Run):
-        return RunPredictor(source)
+        return RunPredictor(source, abstain)
     if is_export_folder(source):
-        return ExportPredictor(load_export(source))
-    return RunPredictor(load_run(source))
+        return ExportPredictor(load_export(source), abstain)
+    return RunPredictor(load_run(source), abstain)
 
 
 def create_app(

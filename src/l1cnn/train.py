@@ -338,6 +338,9 @@ def _finish_run(
     model = float32_twin(model, config)  # mixed precision is for the training steps only
     with image_read_errors(_resume_advice(run_dir)):
         metrics, probs = outputs.score_dataset(model, opened.dataset, config.train.threshold)
+    metrics, probs, calibration = outputs.calibrate_scores(  # train.calibration (issue 15)
+        metrics, probs, opened.dataset, config.train.threshold, config.train.calibration
+    )
     outputs.add_diagnosis(metrics, probs, result.history, result.best_epoch, config.model.l1_lambda)
     timings["scoring"] = time.perf_counter() - scoring
     wall = time.perf_counter() - opened.started
@@ -351,7 +354,9 @@ def _finish_run(
     )
     timings |= outputs.write_finished_run(
         run_dir,
-        outputs.FinishedRun(model, opened.dataset, result.history, metrics, probs, info),
+        outputs.FinishedRun(
+            model, opened.dataset, result.history, metrics, probs, info, calibration=calibration
+        ),
     )
     if result.status == "diverged":
         raise TrainingError(

@@ -26,6 +26,8 @@ class RunFiles:
     history: list[dict[str, float]]
     predictions: dict[str, tuple[np.ndarray, np.ndarray]]  # split -> (labels, probabilities)
     explanation: dict[str, Any] | None
+    # A temperature-scaled run: split -> the model's own probabilities (issue 15), else None.
+    uncalibrated: dict[str, np.ndarray] | None = None
 
     @property
     def name(self) -> str:
@@ -89,8 +91,18 @@ def read_run_files(path: str | Path) -> RunFiles:
             np.array([int(r["label"]) for r in chosen], dtype=np.int64),
             np.array([float(r["probability"]) for r in chosen]),
         )
+    uncalibrated = None
+    if rows and runs.UNCALIBRATED_FIELD in rows[0]:  # a temperature-scaled run (issue 15)
+        uncalibrated = {
+            split: np.array(
+                [float(r[runs.UNCALIBRATED_FIELD]) for r in rows if r["split"] == split]
+            )
+            for split in ("val", "test")
+        }
     explanation = _read_explanation(path)
-    return RunFiles(path, config_text, info, data, metrics, history, predictions, explanation)
+    return RunFiles(
+        path, config_text, info, data, metrics, history, predictions, explanation, uncalibrated
+    )
 
 
 def column(history: list[dict[str, float]], key: str) -> np.ndarray:

@@ -233,13 +233,31 @@ def plot_reliability(run: RunFiles) -> Plot:
         markersize=4,
         label="bin mean probability",
     )
+    if run.uncalibrated is not None:  # temperature-scaled: the model's own probabilities too
+        raw = calibration_bins(labels, run.uncalibrated["test"])
+        kept = raw["count"] > 0
+        ax.plot(
+            raw["mean_prob"][kept],
+            raw["frac_positive"][kept],
+            "x--",
+            color="#999999",
+            markersize=5,
+            label="before temperature scaling",
+        )
     ax.plot([0, 1], [0, 1], color="#bbbbbb", linestyle="--", label="perfect calibration")
     for x, y, n in zip(
         centers[used], bins["frac_positive"][used], bins["count"][used], strict=True
     ):
         ax.text(x, min(y + 0.03, 1.0), f"{int(n)}", ha="center", fontsize=7, color="#555555")
     ece = run.metrics["test"].get("ece")
-    ax.set_title("Reliability (test)" + (f", ECE {ece:.3f}" if ece is not None else ""))
+    title = "Reliability (test)" + (f", ECE {ece:.3f}" if ece is not None else "")
+    calibration = run.metrics.get("calibration")
+    if calibration and ece is not None:  # issue 15: before -> after temperature scaling
+        before = calibration["before"]["test"]["ece"]
+        title = (
+            f"Reliability (test), T={calibration['temperature']:.2f}: ECE {before:.3f} -> {ece:.3f}"
+        )
+    ax.set_title(title)
     ax.set_xlabel("predicted probability of the positive class")
     ax.set_ylabel("observed share of positives")
     ax.set_xlim(0, 1)

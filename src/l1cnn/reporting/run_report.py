@@ -125,6 +125,17 @@ def run_rows(run: RunFiles) -> list[list[str]]:
         rows.append(["threshold note", t["note"]])
     if t.get("changed_by"):
         rows.append(["threshold changed by", str(t["changed_by"])])
+    calibration = run.metrics.get("calibration")
+    if calibration:  # issue 15: temperature scaling, with test scores before -> after
+        b, a = calibration["before"]["test"], calibration["after"]["test"]
+        rows.append(
+            [
+                "temperature scaling",
+                f"T = {calibration['temperature']:.4g} (fitted on validation); test ECE "
+                f"{b['ece']:.3f} -> {a['ece']:.3f}, Brier {b['brier']:.3f} -> {a['brier']:.3f}, "
+                f"log loss {b['log_loss']:.3f} -> {a['log_loss']:.3f}",
+            ]
+        )
     versions = i.get("versions", {})
     if versions:
         rows.append(
