@@ -194,6 +194,23 @@ def test_evaluate_predict_and_export_give_the_calibrated_probability(calibrated_
     assert np.max(np.abs(exported - expected)) <= 1e-4
 
 
+@pytest.mark.parametrize("fmt", ["savedmodel", "litert"])
+def test_savedmodel_and_litert_exports_carry_the_temperature(calibrated_run, tmp_path, fmt):
+    from l1cnn.export import ExportOptions, export_run, load_export
+    from l1cnn.predict import predict_split, reload_run_data
+    from l1cnn.runs import load_run
+
+    if fmt == "litert":
+        pytest.importorskip("ai_edge_litert")
+    run = load_run(calibrated_run)
+    test = reload_run_data(run).splits["test"]
+    expected = apply_temperature(predict_split(run.model, test), run.temperature)
+    record = export_run(run, ExportOptions(fmt), out=tmp_path / fmt)
+    assert record["parity"]["passed"] is True and record["temperature"] == run.temperature
+    exported = load_export(tmp_path / fmt).predict(np.asarray(test.images, np.float32))
+    assert np.max(np.abs(exported - expected)) <= 1e-4
+
+
 def test_serve_answers_with_the_calibrated_probability_and_refers(calibrated_run):
     pytest.importorskip("httpx")
     from starlette.testclient import TestClient
@@ -222,12 +239,29 @@ def test_serve_answers_with_the_calibrated_probability_and_refers(calibrated_run
     assert "decision" not in plain.json()["predictions"][0]
 
 
-def test_an_export_refers_like_its_run_and_refuses_mc_dropout(calibrated_run, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def calibrated_onnx(calibrated_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An ONNX export of the calibrated run, beside its test images as a .npz file."""
     pytest.importorskip("onnxruntime")
+    from l1cnn.export import ExportOptions, export_run
+    from l1cnn.predict import reload_run_data
+    from l1cnn.runs import load_run
+
+    root = tmp_path_factory.mktemp("calibrated_onnx")
+    run = load_run(calibrated_run)
+    test = reload_run_data(run).splits["test"]
+    np.savez(root / "test.npz", x=test.images.astype(np.uint8), y=test.labels)
+    record = export_run(run, ExportOptions("onnx"), out=root / "onnx")
+    assert len(record["conformal_scores"]) == run.metrics["val"]["n"]
+    return root / "onnx"
+
+
+def test_an_export_refers_like_its_run_and_refuses_mc_dropout(
+    calibrated_run, calibrated_onnx, tmp_path, capsys
+):
     pytest.importorskip("httpx")
     from starlette.testclient import TestClient
 
-    from l1cnn.export import ExportOptions, export_run
     from l1cnn.exported import predict_export
     from l1cnn.predict import predict, reload_run_data
     from l1cnn.runs import load_run
@@ -235,25 +269,57 @@ def test_an_export_refers_like_its_run_and_refuses_mc_dropout(calibrated_run, tm
 
     run = load_run(calibrated_run)
     test = reload_run_data(run).splits["test"]
-    images = tmp_path / "test.npz"
-    np.savez(images, x=test.images.astype(np.uint8), y=test.labels)
-    record = export_run(run, ExportOptions("onnx"), out=tmp_path / "onnx")
-    assert len(record["conformal_scores"]) == run.metrics["val"]["n"]
+    images = calibrated_onnx.parent / "test.npz"
     for coverage in (0.8, 0.95):
         from_run = predict(run, [images], abstain=coverage).predictions
-        from_export = predict_export(tmp_path / "onnx", [images], abstain=coverage).predictions
+        from_export = predict_export(calibrated_onnx, [images], abstain=coverage).predictions
         # Same decisions, except where the two probabilities straddle the conformal threshold.
         same = [a.decision == b.decision for a, b in zip(from_run, from_export, strict=True)]
         assert np.mean(same) >= 0.95
         assert all(p.decision in ("refer", *run.class_names) for p in from_export)
-    served = TestClient(create_app(predictor_for(tmp_path / "onnx", abstain=0.9)))
+    served = TestClient(create_app(predictor_for(calibrated_onnx, abstain=0.9)))
     item = served.post("/v1/predict", json={"instances": test.images[:1].tolist()}).json()
     assert item["predictions"][0]["decision"] in ("refer", *run.class_names)
     assert served.get("/v1/model").json()["temperature"] == run.temperature
-    argv = ["predict", str(tmp_path / "onnx"), str(images), "--mc-samples", "3"]
+    argv = ["predict", str(calibrated_onnx), str(images), "--mc-samples", "3"]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: --mc-samples needs a run folder")
+
+
+# Predicts on the export with --abstain, in a fresh interpreter; the last line lists the modules.
+NO_TF_SCRIPT = """
+import json, sys
+from l1cnn.cli import main
+code = main(["predict", *sys.argv[1:]])
+print(json.dumps({"code": code, "modules": sorted({m.split(".")[0] for m in sys.modules})}))
+"""
+
+
+def test_an_export_refers_without_tensorflow_scipy_or_sklearn(calibrated_onnx, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    import l1cnn
+
+    out = tmp_path / "p.csv"
+    args = [str(calibrated_onnx), str(calibrated_onnx.parent / "test.npz"), "--output", str(out)]
+    env = dict(os.environ, PYTHONPATH=str(Path(l1cnn.__file__).resolve().parents[1]))
+    done = subprocess.run(
+        [sys.executable, "-c", NO_TF_SCRIPT, *args, "--abstain", "coverage=0.9"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["code"] == 0
+    assert not {"tensorflow", "keras", "sklearn", "scipy"} & set(report["modules"])
+    lines = out.read_text().splitlines()
+    assert lines[0] == "path,probability,predicted_class,decision,label_set"
+    assert {line.split(",")[3] for line in lines[1:]} <= {"refer", "0", "1"}
 
 
 @pytest.mark.slow

@@ -28,6 +28,7 @@ COMMANDS = (
     "study",
     "report",
     "compare",
+    "calibrate",
 )
 SRC = str(Path(l1cnn.__file__).resolve().parents[1])
 
@@ -111,6 +112,9 @@ def _one_line_error(err: str, *fragments: str) -> None:
         (["train", "digits", "--threshold", "recall=2"], ["needs a target in (0, 1]"]),
         (["train", "digits", "--threshold", "best"], ["'train.threshold' must be a number"]),
         (["evaluate", "RUN", "--save"], ["--save needs --threshold RULE"]),
+        (["serve", "RUN", "--abstain", "coverage=1"], ["'--abstain' must be none or coverage=X"]),
+        (["train", "digits", "--abstain", "0.9"], ["'train.abstain' must be none or coverage=X"]),
+        (["train", "digits", "--calibration", "platt"], ["invalid choice: 'platt'"]),
     ],
 )
 def test_bad_options_answer_in_one_line_without_heavy_imports(
@@ -137,6 +141,7 @@ def test_bad_options_answer_in_one_line_without_heavy_imports(
         (["prune", "MISSING", "--sparsity", "0.5"], "run folder '{MISSING}' does not exist"),
         (["serve", "MISSING"], "run folder '{MISSING}' does not exist"),
         (["report", "MISSING"], "run folder '{MISSING}' does not exist"),
+        (["calibrate", "MISSING"], "run folder '{MISSING}' does not exist"),
         (["report", "HERE"], "is not a finished l1cnn run"),
     ],
 )

@@ -177,7 +177,7 @@ def with_temperature(model: keras.Model, temperature: float) -> keras.Model:
             "temperature scaling needs a model that ends in a one-unit sigmoid Dense layer"
         )
     outputs = TemperatureSigmoid(last, temperature, name="temperature")(last.input)
-    return keras.Model(model.inputs, outputs, name=f"{model.name}_calibrated")
+    return keras.Model(model.input, outputs, name=f"{model.name}_calibrated")
 
 
 def with_seeded_dropout(model: keras.Model, seed: int) -> keras.Model:
