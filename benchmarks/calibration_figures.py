@@ -28,7 +28,7 @@ def _load(run: Path) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
         chosen = [r for r in rows if r["split"] == split]
         out[split] = (
             np.array([int(r["label"]) for r in chosen]),
-            np.array([float(r["uncalibrated_probability"]) for r in chosen]),
+            np.array([float(r[runs.UNCALIBRATED_FIELD]) for r in chosen]),
             np.array([float(r["probability"]) for r in chosen]),
         )
     return out

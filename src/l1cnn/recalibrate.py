@@ -26,15 +26,15 @@ def uncalibrated_predictions(run_dir: str | Path) -> dict[str, tuple[list[str], 
     Raises:
         RunError: no readable ``predictions.csv``, or no validation predictions in it.
     """
-    from l1cnn.outputs import UNCALIBRATED_FIELD
-
     path = Path(run_dir) / runs.PREDICTIONS_FILE
     try:
         rows = runs.read_csv(path)
         out = {}
         for split in ("val", "test"):
             chosen = [r for r in rows if r["split"] == split]
-            column = UNCALIBRATED_FIELD if chosen and UNCALIBRATED_FIELD in chosen[0] else None
+            column = (
+                runs.UNCALIBRATED_FIELD if chosen and runs.UNCALIBRATED_FIELD in chosen[0] else None
+            )
             out[split] = (
                 [r["id"] for r in chosen],
                 np.array([int(r["label"]) for r in chosen], dtype=np.int64),
@@ -76,7 +76,7 @@ def calibrate_run(run_dir: str | Path, command: list[str] | None = None) -> dict
     """
     from l1cnn.calibration import apply_temperature, fit_temperature, temperature_record
     from l1cnn.evaluate import compute_metrics, threshold_choice
-    from l1cnn.outputs import PREDICTION_FIELDS, UNCALIBRATED_FIELD, explain_and_report, writing_to
+    from l1cnn.outputs import PREDICTION_FIELDS, explain_and_report, writing_to
     from l1cnn.predict import predict_split, reload_run_data
 
     runs.check_is_run(run_dir)
@@ -107,7 +107,7 @@ def calibrate_run(run_dir: str | Path, command: list[str] | None = None) -> dict
             "id": stored[split][0][i],
             "label": int(stored[split][1][i]),
             "probability": f"{calibrated[split][i]:.8f}",
-            UNCALIBRATED_FIELD: f"{stored[split][2][i]:.8f}",
+            runs.UNCALIBRATED_FIELD: f"{stored[split][2][i]:.8f}",
         }
         for split in ("val", "test")
         for i in range(len(stored[split][0]))
@@ -115,7 +115,7 @@ def calibrate_run(run_dir: str | Path, command: list[str] | None = None) -> dict
     with writing_to(run.path):
         runs.write_json(run.path / runs.CALIBRATION_FILE, record)
         runs.write_csv(
-            run.path / runs.PREDICTIONS_FILE, rows, [*PREDICTION_FIELDS, UNCALIBRATED_FIELD]
+            run.path / runs.PREDICTIONS_FILE, rows, [*PREDICTION_FIELDS, runs.UNCALIBRATED_FIELD]
         )
         runs.write_json(run.path / runs.METRICS_FILE, metrics)
     explain_and_report(run.path, run.model, dataset.splits["test"], calibrated["test"], value)
