@@ -239,6 +239,21 @@ def test_serve_answers_with_the_calibrated_probability_and_refers(calibrated_run
     assert "decision" not in plain.json()["predictions"][0]
 
 
+def test_a_pruned_calibrated_run_refits_its_temperature(calibrated_run, tmp_path):
+    from l1cnn.config import PruneOptions
+    from l1cnn.prune import prune_run
+    from l1cnn.runs import load_run, read_csv
+
+    pruned = prune_run(calibrated_run, PruneOptions(sparsity=0.5), out=tmp_path / "pruned")
+    record = json.loads((pruned.run_dir / "calibration.json").read_text())
+    assert record["after"]["val"]["log_loss"] <= record["before"]["val"]["log_loss"]
+    assert load_run(pruned.run_dir).temperature == record["temperature"]
+    rows = read_csv(pruned.run_dir / "predictions.csv")
+    raw = np.array([float(r["uncalibrated_probability"]) for r in rows])
+    cal = np.array([float(r["probability"]) for r in rows])
+    assert np.allclose(cal, apply_temperature(raw, record["temperature"]), atol=1e-6)
+
+
 @pytest.fixture(scope="module")
 def calibrated_onnx(calibrated_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An ONNX export of the calibrated run, beside its test images as a .npz file."""
