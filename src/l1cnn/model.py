@@ -191,7 +191,9 @@ def with_seeded_dropout(model: keras.Model, seed: int) -> keras.Model:
 
     def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
         if isinstance(layer, keras.layers.Dropout):
-            return keras.layers.Dropout(layer.rate, seed=seed + next(counter), name=layer.name)
+            return keras.layers.Dropout(
+                layer.rate, seed=seed + next(counter), name=layer.name, dtype=layer.dtype_policy
+            )
         return layer  # the same layer object: weights shared
 
     return keras.models.clone_model(model, clone_function=clone)
