@@ -152,6 +152,8 @@ class TemperatureSigmoid(keras.layers.Layer):
         self.temperature = float(temperature)
 
     def call(self, h):  # noqa: ANN001, ANN201 (Keras tensors)
+        # The output layer computes in float32 even in a mixed-precision model: so does this.
+        h = keras.ops.cast(h, self.output_layer.kernel.dtype)
         z = keras.ops.matmul(h, self.output_layer.kernel)
         if self.output_layer.use_bias:
             z = z + self.output_layer.bias
