@@ -147,7 +147,9 @@ async function send(file) {
     const body = await response.json();
     if (!response.ok) throw new Error(body.error || "HTTP " + response.status);
     const item = body.predictions[0];
-    $("class").textContent = item.class;
+    $("class").textContent = item.decision === "refer"
+      ? item.class + " (refer to a human: the conformal label set is not one class)"
+      : item.class;
     $("prob").textContent = item.probability.toFixed(4);
     $("fill").style.width = (100 * item.probability) + "%";
     $("result").dataset.probability = String(item.probability);
