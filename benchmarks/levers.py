@@ -7,6 +7,8 @@ one process, or process by process) and reports medians and ratios, never single
     python benchmarks/levers.py env [--rounds 3]        # one process each: oneDNN, threads, XLA
     python benchmarks/levers.py ops                     # conv kernels and matmul, GFLOP/s
     python benchmarks/levers.py profile                 # TF profiler: op time share of a step
+    python benchmarks/levers.py profile --data ../shared/data/hymenoptera [--precision P]
+                                                        # the same at photo size (64x64x3)
     python benchmarks/levers.py infer [--rounds 30]     # test-split inference, in one process
 
 Training images/s here count training steps only (no validation), epochs 2+.
@@ -31,8 +33,10 @@ DATA = ROOT.parent / "shared" / "data" / "pneumoniamnist_balanced.npz"
 SEED = 42
 
 
-def _setup(xla: bool = False) -> dict:
+def _setup(xla: bool = False, data: Path = DATA, precision: str = "float32") -> dict:
     """The specified model, optimizer and per-epoch datasets, built as ``l1cnn.train`` does."""
+    import dataclasses
+
     import tensorflow as tf
 
     from l1cnn import loop, runs
@@ -42,7 +46,10 @@ def _setup(xla: bool = False) -> dict:
     from l1cnn.train import resolve_config
 
     config = Config()
-    dataset = load_data(DATA, config.data, SEED)
+    config = dataclasses.replace(
+        config, model=dataclasses.replace(config.model, precision=precision)
+    )
+    dataset = load_data(data, config.data, SEED)
     config = resolve_config(config, dataset)
     runs.set_seed(SEED)
     model = compile_model(build_model(config.model, dataset.image_shape), config)
@@ -305,7 +312,7 @@ def cmd_ops(args) -> None:
 
 def cmd_profile(args) -> None:
     """TF profiler over two epochs (k=16 per call): share of op time by op, per step."""
-    s = _setup()
+    s = _setup(data=args.data, precision=args.precision)
     tf = s["tf"]
     _timed_epoch(s, "k16", 1)
     logdir = tempfile.mkdtemp(prefix="l1cnn-prof-")
@@ -401,7 +408,9 @@ def main() -> None:
     p.add_argument("variant", choices=list(ENV_VARIANTS))
     p.add_argument("--epochs", type=int, default=5)
     sub.add_parser("ops")
-    sub.add_parser("profile")
+    p = sub.add_parser("profile")
+    p.add_argument("--data", type=Path, default=DATA, help="npz file or class folders")
+    p.add_argument("--precision", default="float32", choices=["float32", "mixed_bfloat16"])
     p = sub.add_parser("infer")
     p.add_argument("--rounds", type=int, default=30)
     args = parser.parse_args()

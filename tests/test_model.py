@@ -120,4 +120,3 @@ def test_soft_threshold_zeros_are_positive() -> None:
     values = np.concatenate([np.asarray(k.numpy()).ravel() for k in kernels])
     zeros = values[values == 0]
     assert zeros.size > 10 and not np.any(np.signbit(zeros))  # +0.0, never -0.0
-
