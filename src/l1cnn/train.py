@@ -142,6 +142,7 @@ def train(
     verbose: bool = False,
     command: list[str] | None = None,
     resume: bool = False,
+    extra_callbacks: list[EpochCallback] | None = None,
 ) -> TrainResult:
     """Train the classifier on ``source`` and write a run folder.
 
@@ -154,6 +155,8 @@ def train(
         command: the command line, recorded in ``run.json``.
         resume: continue the unfinished run in ``out`` from its last backup (use
             :func:`resume`, which reads the run's config and source).
+        extra_callbacks: epoch callbacks called after the run's own (after its backup), e.g.
+            ``l1cnn tune``'s pruning; they may end training with ``StopTraining``.
 
     Returns:
         A TrainResult; the same facts are in the run folder.
@@ -180,7 +183,7 @@ def train(
     with runs.RunLock(run_dir):
         opened = _open_run(source, config, dataset, run_dir, command, resume, started)
         fitted = time.perf_counter()
-        result = _fit_run(opened, model, verbose)
+        result = _fit_run(opened, model, verbose, extra_callbacks or [])
         timings["epochs"] = time.perf_counter() - fitted
         return _finish_run(opened, model, result, timings)
 
@@ -249,7 +252,9 @@ def _resume_advice(run_dir: Path) -> str:
     return f"; restore it, then `l1cnn train --resume {run_dir}` goes on from the last epoch"
 
 
-def _fit_run(opened: OpenRun, model: keras.Model, verbose: bool) -> FitResult:
+def _fit_run(
+    opened: OpenRun, model: keras.Model, verbose: bool, extra: list[EpochCallback]
+) -> FitResult:
     """Our loop over the run's data, from its backup if any, with a backup after every epoch."""
     config, dataset, state = opened.config, opened.dataset, opened.state
     weights = opened.info["class_weight"]
@@ -285,7 +290,7 @@ def _fit_run(opened: OpenRun, model: keras.Model, verbose: bool) -> FitResult:
     # backed up is an epoch logged; the guard comes after the backup, so the epoch it stops on
     # is saved with its counter (resume then stops at once).
     callbacks += [*schedules, *([board] if board is not None else [])]
-    callbacks += [_Backup(opened.run_dir, model, done, stopper, stateful), *guards]
+    callbacks += [_Backup(opened.run_dir, model, done, stopper, stateful), *guards, *extra]
     # Streamed images are decoded during training: one that changed since the scan stops it.
     try:
         with image_read_errors(_resume_advice(opened.run_dir)):
