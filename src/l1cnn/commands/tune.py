@@ -94,17 +94,18 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--timeout must be > 0, got {args.timeout:g}")
     base = config_from_args(args)
     check_data(args.data)
-    from l1cnn.tune import (
-        STORAGE_DB,
-        TuneSettings,
-        load_space,
-        parse_objectives,
-        redact,
-        tune,
-    )
+    from l1cnn.tune_space import load_space, parse_objectives
 
     objectives = parse_objectives(args.objective)
     space = load_space(args.space, base, objectives)
+    if args.within < 0:
+        raise ConfigError(f"--within must be >= 0, got {args.within:g}")
+    if args.jobs < 1:
+        raise ConfigError(f"--jobs must be >= 1, got {args.jobs}")
+    if args.trials < 0:
+        raise ConfigError(f"--trials must be >= 0, got {args.trials}")
+    from l1cnn.tune import STORAGE_DB, TuneSettings, redact, tune
+
     out = Path(args.out) if args.out else Path("runs") / f"tune-{args.name}"
     storage = args.storage or f"sqlite:///{(out / STORAGE_DB).resolve()}"
     settings = TuneSettings(
