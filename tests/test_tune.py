@@ -301,7 +301,7 @@ def test_a_hopeless_specified_model_is_pruned_and_keeps_its_history(tmp_path: Pa
     out = tmp_path / "search"
     space = space_file(tmp_path, "[l1_lambda]\nlow = 1e-5\nhigh = 3.0\nlog = true\n")
     args = ["tune", "digits", "--trials", "1", "--space", str(space), "--out", str(out)]
-    # l1_lambda = 3 collapses the network in its first epochs: pruned after two of five.
+    # l1_lambda = 3 collapses the network in its first epochs: pruned before the fifth.
     assert main([*args, *TINY, "--l1-lambda", "3", "--epochs", "5", "--patience", "5"]) == 0
     (row,) = read_trials(out)
     assert row["state"] == "pruned" and row["status"] == "pruned"
@@ -309,7 +309,10 @@ def test_a_hopeless_specified_model_is_pruned_and_keeps_its_history(tmp_path: Pa
     run = Path(row["run_dir"])
     assert json.loads((run / "run.json").read_text())["status"] == "pruned"
     with open(run / "history.csv") as f:
-        assert len(list(csv.DictReader(f))) == 2
+        history = list(csv.DictReader(f))
+    epochs = [int(h["epoch"]) for h in history]  # the epochs it trained, not the 5 asked for
+    assert epochs == list(range(1, len(epochs) + 1)) and 2 <= len(epochs) < 5
+    assert f"pruned after epoch {len(epochs)}: collapsed" in row["message"]
     meta = json.loads((out / "tune.json").read_text())
     assert meta["chosen"] is None and meta["specified"] == 0
     assert not (out / "best.toml").exists()
