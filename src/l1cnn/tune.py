@@ -45,6 +45,7 @@ PRUNER_WARMUP_EPOCHS = 2
 SAMPLER_STARTUP_TRIALS = 5  # random trials before TPE models the results
 HEARTBEAT_S = 20  # a running trial silent for GRACE_FACTOR beats is failed and retried once
 GRACE_FACTOR = 3
+OPEN_ATTEMPTS = 4  # tries to open a storage (workers starting together race to make its tables)
 READY_WAIT_S = 120  # how long a joining worker waits for the creator to set the study up
 TUNE_FILE = "tune.json"
 TRIALS_CSV = "trials.csv"
@@ -158,33 +159,41 @@ def redact(url: str) -> str:
 
 
 def open_storage(url: str, heartbeat: float) -> Any:
-    """Optuna's RDB storage at ``url``, with a heartbeat; a clear RunError when unreachable."""
-    optuna = _optuna()
+    """Optuna's RDB storage at ``url``, with a heartbeat; a clear RunError when unreachable.
+
+    Workers that start together on an empty database race to create Optuna's tables; the
+    loser's "duplicate" error goes away on a second try, so opening is tried a few times.
+    """
+    _optuna()  # the clear "install l1cnn[tune]" error first
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # heartbeat options are marked experimental
-        try:
-            return RDBStorage(
-                url,
-                heartbeat_interval=max(1, int(heartbeat)),
-                grace_period=max(2, int(heartbeat * GRACE_FACTOR)),
-                failed_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
-                engine_kwargs={"pool_pre_ping": True},
-            )
-        except ImportError as exc:
-            raise ConfigError(
-                f"storage '{redact(url)}' needs a database driver that is not installed "
-                f"({exc.name}): pip install 'l1cnn[tune]' has psycopg for PostgreSQL"
-            ) from None
-        except (ValueError, optuna.exceptions.StorageInternalError) as exc:
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise RunError(f"cannot open storage '{redact(url)}': {reason}") from None
-        except Exception as exc:  # noqa: BLE001 - SQLAlchemy's errors (connection refused, ...)
-            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-            raise RunError(
-                f"cannot open storage '{redact(url)}': {reason[0] if reason else exc}"
-            ) from None
+    for attempt in range(OPEN_ATTEMPTS):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # heartbeat options are marked experimental
+            try:
+                return RDBStorage(
+                    url,
+                    heartbeat_interval=max(1, int(heartbeat)),
+                    grace_period=max(2, int(heartbeat * GRACE_FACTOR)),
+                    failed_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
+                    engine_kwargs={"pool_pre_ping": True},
+                )
+            except ImportError as exc:
+                raise ConfigError(
+                    f"storage '{redact(url)}' needs a database driver that is not installed "
+                    f"({exc.name}): pip install 'l1cnn[tune]' has psycopg for PostgreSQL"
+                ) from None
+            except ValueError as exc:  # a malformed URL
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise RunError(f"cannot open storage '{redact(url)}': {reason}") from None
+            except Exception as exc:  # noqa: BLE001 - SQLAlchemy's and Optuna's errors
+                lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+                reason = lines[0] if lines else type(exc).__name__
+                if attempt + 1 < OPEN_ATTEMPTS and "refused" not in reason:
+                    time.sleep(1.0 + attempt)
+                    continue
+                raise RunError(f"cannot open storage '{redact(url)}': {reason}") from None
+    raise AssertionError("unreachable")
 
 
 def _sampler(settings: TuneSettings, worker: int) -> Any:
