@@ -17,7 +17,7 @@ import pytest
 
 import l1cnn
 
-HEAVY = ("tensorflow", "keras", "matplotlib", "sklearn", "scipy")
+HEAVY = ("tensorflow", "keras", "matplotlib", "sklearn", "scipy", "optuna", "sqlalchemy")
 COMMANDS = (
     "train",
     "evaluate",
@@ -28,6 +28,7 @@ COMMANDS = (
     "study",
     "report",
     "compare",
+    "tune",
 )
 SRC = str(Path(l1cnn.__file__).resolve().parents[1])
 
@@ -111,6 +112,8 @@ def _one_line_error(err: str, *fragments: str) -> None:
         (["train", "digits", "--threshold", "recall=2"], ["needs a target in (0, 1]"]),
         (["train", "digits", "--threshold", "best"], ["'train.threshold' must be a number"]),
         (["evaluate", "RUN", "--save"], ["--save needs --threshold RULE"]),
+        (["tune", "digits", "--objective", "auc"], ["unknown objective auc"]),
+        (["tune", "digits", "--space", "MISSING.toml"], ["space file 'MISSING.toml' cannot"]),
     ],
 )
 def test_bad_options_answer_in_one_line_without_heavy_imports(
