@@ -412,6 +412,18 @@ def test_two_processes_share_one_sqlite_search(tmp_path: Path) -> None:
     assert meta["chosen"] == int(max(finished, key=lambda r: float(r["val_roc_auc"]))["number"])
 
 
+@pytest.mark.slow
+def test_jobs_runs_worker_processes_on_one_machine(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "jobs"
+    space = space_file(tmp_path)
+    args = ["tune", "digits", "--jobs", "2", "--trials", "3", "--space", str(space)]
+    assert main([*args, "--out", str(out), *TINY]) == 0
+    storage = f"sqlite:///{(out / 'tune.db').resolve()}"
+    _check_shared_search(storage, [out], 3)
+
+
 # ------------------------------------------------------------- PostgreSQL, for real
 
 
