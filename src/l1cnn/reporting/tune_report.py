@@ -85,8 +85,8 @@ def _history_plot(rows: list[dict[str, Any]], objective: str, meta: dict[str, An
     return figure_html(
         data_uri(png_bytes(fig)),
         "Optimization history",
-        f"{LABELS[objective]} of each trial (pruned: at the epoch it was stopped) and the best "
-        "finished trial so far; the star is the specified configuration.",
+        f"{LABELS[objective]} of each trial (pruned: of the weights it stopped with) and the "
+        "best finished trial so far; the star is the specified configuration.",
     )
 
 
@@ -103,10 +103,12 @@ def _slice_plot(rows: list[dict[str, Any]], objective: str, space: list[Any]) ->
             for r in rows:
                 x, y = r.get(p.name), _value(r, objective)
                 if r["state"] == state and x is not None and y is not None:
-                    pts.append((str(x) if p.kind == "choice" else float(x), y))
+                    pts.append((_position(p, x), y))
             if pts:
                 ax.scatter(*zip(*pts, strict=True), color=color, s=20, label=state)
-        if p.kind != "choice" and p.log:
+        if p.kind == "choice":  # in the space's order, not as text
+            ax.set_xticks(range(len(p.choices)), [str(c) for c in p.choices])
+        elif p.log:
             ax.set_xscale("symlog", linthresh=p.low) if p.zero else ax.set_xscale("log")
         ax.set_xlabel(p.name)
         ax.set_ylabel(LABELS[objective], fontsize=8)
@@ -118,6 +120,14 @@ def _slice_plot(rows: list[dict[str, Any]], objective: str, space: list[Any]) ->
         f"{LABELS[objective]} against each searched parameter (grey: pruned trials).",
         wide=True,
     )
+
+
+def _position(p: Any, value: Any) -> float:
+    """Where a value sits on its panel's x axis: a choice's index, or the number itself."""
+    if p.kind != "choice":
+        return float(value)
+    text = [str(c) for c in p.choices]
+    return float(text.index(str(value))) if str(value) in text else math.nan
 
 
 def _importance_plot(importances: dict[str, dict[str, float]]) -> str:
