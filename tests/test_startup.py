@@ -17,7 +17,7 @@ import pytest
 
 import l1cnn
 
-HEAVY = ("tensorflow", "keras", "matplotlib", "sklearn", "scipy", "mlflow")
+HEAVY = ("tensorflow", "keras", "matplotlib", "sklearn", "scipy", "mlflow", "optuna", "sqlalchemy")
 COMMANDS = (
     "train",
     "evaluate",
@@ -29,6 +29,7 @@ COMMANDS = (
     "report",
     "compare",
     "calibrate",
+    "tune",
 )
 SRC = str(Path(l1cnn.__file__).resolve().parents[1])
 
@@ -115,6 +116,8 @@ def _one_line_error(err: str, *fragments: str) -> None:
         (["serve", "RUN", "--abstain", "coverage=1"], ["'--abstain' must be none or coverage=X"]),
         (["train", "digits", "--abstain", "0.9"], ["'train.abstain' must be none or coverage=X"]),
         (["train", "digits", "--calibration", "platt"], ["invalid choice: 'platt'"]),
+        (["tune", "digits", "--objective", "auc"], ["unknown objective auc"]),
+        (["tune", "digits", "--space", "MISSING.toml"], ["space file 'MISSING.toml' cannot"]),
     ],
 )
 def test_bad_options_answer_in_one_line_without_heavy_imports(

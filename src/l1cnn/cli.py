@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import l1cnn.commands.tune  # noqa: F401 - loads commands.tune for BUILDERS
+from l1cnn import commands
 from l1cnn.cli_args import (
     EXIT_BAD_INPUT,
     EXIT_INTERRUPTED,
@@ -701,6 +703,7 @@ BUILDERS = (
     add_report,
     add_compare,
     calibrate.add,
+    commands.tune.add,
 )
 
 

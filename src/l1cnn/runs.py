@@ -39,8 +39,9 @@ UNCALIBRATED_FIELD = "uncalibrated_probability"
 BACKUP_FILE = "backup.npz"
 EXPLAIN_FILE = "explain.npz"  # written by l1cnn.explain, drawn by the report
 LOCK_FILE = "train.lock"
-# A run with one of these statuses is finished: `l1cnn train --resume` leaves it alone.
-FINAL_STATUSES = ("completed", "early_stopped", "diverged", "collapsed")
+# A run with one of these statuses is finished: `l1cnn train --resume` leaves it alone
+# ("pruned": stopped early by `l1cnn tune`, its history kept).
+FINAL_STATUSES = ("completed", "early_stopped", "diverged", "collapsed", "pruned")
 
 
 def _umask_permissions(fd: int) -> None:

@@ -150,6 +150,7 @@ def train(
     command: list[str] | None = None,
     resume: bool = False,
     mlflow: MlflowTarget | None = None,
+    extra_callbacks: list[EpochCallback] | None = None,
 ) -> TrainResult:
     """Train the classifier on ``source`` and write a run folder.
 
@@ -163,6 +164,8 @@ def train(
         resume: continue the unfinished run in ``out`` from its last backup (use
             :func:`resume`, which reads the run's config and source).
         mlflow: also log the run to MLflow (``l1cnn.tracking``); its failures only warn.
+        extra_callbacks: epoch callbacks called after the run's own (after its backup), e.g.
+            ``l1cnn tune``'s pruning; they may end training with ``StopTraining``.
 
     Returns:
         A TrainResult; the same facts are in the run folder.
@@ -190,7 +193,7 @@ def train(
         opened = _open_run(source, config, dataset, run_dir, command, resume, started)
         tracking.start(opened.config, opened.run_dir, opened.info)
         fitted = time.perf_counter()
-        result = _fit_run(opened, model, verbose, tracking.callbacks)
+        result = _fit_run(opened, model, verbose, tracking.callbacks, extra_callbacks or [])
         timings["epochs"] = time.perf_counter() - fitted
         return _finish_run(opened, model, result, timings)
 
@@ -260,7 +263,11 @@ def _resume_advice(run_dir: Path) -> str:
 
 
 def _fit_run(
-    opened: OpenRun, model: keras.Model, verbose: bool, extra: list[EpochCallback] | None = None
+    opened: OpenRun,
+    model: keras.Model,
+    verbose: bool,
+    loggers: list[EpochCallback] | None = None,
+    extra: list[EpochCallback] | None = None,
 ) -> FitResult:
     """Our loop over the run's data, from its backup if any, with a backup after every epoch."""
     config, dataset, state = opened.config, opened.dataset, opened.state
@@ -298,7 +305,8 @@ def _fit_run(
     # is saved with its counter (resume then stops at once). Extra loggers (MLflow) see an
     # epoch once it is backed up, and before the guard may stop on it.
     callbacks += [*schedules, *([board] if board is not None else [])]
-    callbacks += [_Backup(opened.run_dir, model, done, stopper, stateful), *(extra or []), *guards]
+    callbacks += [_Backup(opened.run_dir, model, done, stopper, stateful), *(loggers or [])]
+    callbacks += [*guards, *(extra or [])]
     # Streamed images are decoded during training: one that changed since the scan stops it.
     try:
         with image_read_errors(_resume_advice(opened.run_dir)):
