@@ -19,8 +19,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import l1cnn.commands.tune  # noqa: F401 - loads commands.tune for BUILDERS
-from l1cnn import commands
 from l1cnn.cli_args import (
     EXIT_BAD_INPUT,
     EXIT_INTERRUPTED,
@@ -40,7 +38,7 @@ from l1cnn.cli_args import (
     mlflow_target,
     warn_skipped,
 )
-from l1cnn.commands import calibrate
+from l1cnn.commands import calibrate, tune
 from l1cnn.config import (
     ExportOptions,
     PruneOptions,
@@ -703,7 +701,7 @@ BUILDERS = (
     add_report,
     add_compare,
     calibrate.add,
-    commands.tune.add,
+    tune.add,
 )
 
 
