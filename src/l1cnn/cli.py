@@ -91,8 +91,52 @@ def add_train(sub: Subparsers) -> None:
     p.add_argument("--out", metavar="DIR", help="run folder (default: runs/<data>-<time>)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_cluster_options(p)
     add_config_options(p, "override any config key, e.g. --set l1_lambda=0.001 (repeatable)")
     p.set_defaults(handler=cmd_train)
+
+
+def _add_cluster_options(p: argparse.ArgumentParser) -> None:
+    """How a ``--strategy multi-worker`` process joins its cluster (docs/distributed.md)."""
+    g = p.add_argument_group("multi-worker training (--strategy multi-worker)")
+    g.add_argument(
+        "--workers",
+        metavar="HOST:PORT,...",
+        help="every worker's address, chief first; builds TF_CONFIG (else TF_CONFIG is read)",
+    )
+    g.add_argument(
+        "--worker-index", type=int, metavar="I", help="this worker's place in --workers (0: chief)"
+    )
+    g.add_argument(
+        "--collective-timeout",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="a lost worker stops the others within about S seconds (default: 60)",
+    )
+    g.add_argument(
+        "--join-timeout",
+        type=float,
+        default=600.0,
+        metavar="S",
+        help="how long to wait for every worker to start (default: 600)",
+    )
+
+
+def _cluster_options(args: argparse.Namespace, strategy: str, out: str | None) -> Any:
+    """The ClusterOptions of the command line; a multi-process run needs a shared --out."""
+    from l1cnn.distribute import ClusterOptions, parse_workers
+
+    workers = parse_workers(args.workers) if args.workers else ()
+    if args.collective_timeout <= 0 or args.join_timeout <= 0:
+        raise ConfigError("--collective-timeout and --join-timeout must be > 0 seconds")
+    many = len(workers) > 1 or (not workers and "TF_CONFIG" in os.environ)
+    if strategy == "multi-worker" and many and out is None:
+        raise ConfigError(
+            "multi-worker training needs --out RUN, a folder every worker can read "
+            "(the chief writes it; --resume reads it on every worker)"
+        )
+    return ClusterOptions(workers, args.worker_index, args.collective_timeout, args.join_timeout)
 
 
 def _resume(args: argparse.Namespace) -> Any:
@@ -115,7 +159,12 @@ def _resume(args: argparse.Namespace) -> Any:
         raise ConfigError(
             f"--resume continues a run with its own data and config; drop {', '.join(extra)}"
         )
-    result = resume(args.resume, verbose=not args.quiet, command=args.command_line)
+    from l1cnn.runs import CONFIG_FILE, read_run_config
+
+    has_config = (Path(args.resume) / CONFIG_FILE).is_file()  # else resume() says what is wrong
+    strategy = read_run_config(args.resume).train.strategy if has_config else "none"
+    cluster = _cluster_options(args, strategy, args.resume)
+    result = resume(args.resume, verbose=not args.quiet, command=args.command_line, cluster=cluster)
     if result is None:
         from l1cnn.runs import RUN_FILE, read_json
 
@@ -138,6 +187,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ConfigError("train needs DATA ('digits', a .npz file or a folder), or --resume")
         config = config_from_args(args)
         check_data(args.data)
+        cluster = _cluster_options(args, config.train.strategy, args.out)
         from l1cnn.train import train
 
         result = train(
@@ -147,6 +197,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             verbose=not args.quiet,
             command=args.command_line,
+            cluster=cluster,
         )
     data, metrics = result.data, result.metrics
     warn_skipped(data.get("skipped_images", []))

@@ -22,6 +22,7 @@ from l1cnn.errors import ConfigError
 CLASS_WEIGHT_CHOICES = ("none", "balanced")
 LR_SCHEDULES = ("constant", "plateau", "cosine")
 SAMPLING_CHOICES = ("none", "oversample")
+STRATEGIES = ("none", "mirrored", "multi-worker")  # l1cnn.distribute
 L1_MODES = ("penalty", "proximal")
 # Threshold rules: a number, or chosen on validation by l1cnn.evaluate.choose_threshold.
 THRESHOLD_RULES = ("f1", "youden", "recall=X", "precision=X")
@@ -143,6 +144,13 @@ class TrainConfig:
     )
     tensorboard: bool = _opt(
         True, "write TensorBoard event files into the run folder's tensorboard/"
+    )
+    # -- distributed training (l1cnn.distribute); batch_size stays the global batch
+    strategy: str = _opt(
+        "none",
+        "none (one process, as specified), mirrored (every local GPU or logical device) or "
+        "multi-worker (several processes/machines: TF_CONFIG or --workers)",
+        choices=STRATEGIES,
     )
 
 
@@ -382,6 +390,7 @@ def _check_ranges(config: Config) -> None:
         t.class_weight,
     )
     need(t.seed >= 0, "train.seed", "must be >= 0", t.seed)
+    need(t.strategy in STRATEGIES, "train.strategy", f"must be one of {STRATEGIES}", t.strategy)
     parse_threshold_rule(t.threshold)  # raises ConfigError for a malformed rule
     a = config.augment
     need(0 <= a.rotation <= 0.5, "augment.rotation", "must be in [0, 0.5]", a.rotation)

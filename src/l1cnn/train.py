@@ -11,7 +11,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from l1cnn import augment, backup, outputs, runs
+from l1cnn import augment, backup, distribute, outputs, runs
 from l1cnn.callbacks import CollapseGuard, make_callbacks
 from l1cnn.config import Config, replace
 from l1cnn.data import (
@@ -64,7 +64,10 @@ def resolve_config(config: Config, dataset: Dataset) -> Config:
 
 
 def resume(
-    run_dir: str | Path, verbose: bool = False, command: list[str] | None = None
+    run_dir: str | Path,
+    verbose: bool = False,
+    command: list[str] | None = None,
+    cluster: distribute.ClusterOptions | None = None,
 ) -> TrainResult | None:
     """Continue a killed or interrupted run from its last backup, with its own config and data.
 
@@ -72,6 +75,7 @@ def resume(
         run_dir: the run folder (its ``config.toml`` and ``run.json``'s source are used).
         verbose: print a progress bar per epoch.
         command: the command line, recorded in ``run.json`` under ``resumed``.
+        cluster: how this process joins a multi-worker run (its config's ``train.strategy``).
 
     Returns:
         The TrainResult of the completed run, or None when the run had already finished
@@ -88,7 +92,15 @@ def resume(
     if info.get("status") in runs.FINAL_STATUSES:
         return None
     config = runs.read_run_config(run_dir)
-    return train(info["source"], config, out=run_dir, verbose=verbose, command=command, resume=True)
+    return train(
+        info["source"],
+        config,
+        run_dir,
+        verbose=verbose,
+        command=command,
+        resume=True,
+        cluster=cluster,
+    )
 
 
 def _read_record(run_dir: Path, name: str) -> dict[str, Any]:
@@ -142,6 +154,7 @@ def train(
     verbose: bool = False,
     command: list[str] | None = None,
     resume: bool = False,
+    cluster: distribute.ClusterOptions | None = None,
 ) -> TrainResult:
     """Train the classifier on ``source`` and write a run folder.
 
@@ -154,6 +167,8 @@ def train(
         command: the command line, recorded in ``run.json``.
         resume: continue the unfinished run in ``out`` from its last backup (use
             :func:`resume`, which reads the run's config and source).
+        cluster: how this process joins a ``multi-worker`` run (``l1cnn.distribute``); with
+            ``config.train.strategy = "none"`` (the default) it must be None.
 
     Returns:
         A TrainResult; the same facts are in the run folder.
@@ -166,23 +181,36 @@ def train(
     """
     started = (time.perf_counter(), dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
     config = config or Config()
-    dataset = load_data(source, config.data, config.train.seed)
+    # -- distributed (l1cnn.distribute): strategy "none" is today's path, untouched
+    dist = distribute.setup(config.train.strategy, cluster)  # joins the cluster, if any
+    shared = Path(out) if out is not None else None
+    dataset = dist.agreed_data(
+        lambda: load_data(source, config.data, config.train.seed),
+        config,
+        shared / runs.BACKUP_FILE if resume and shared is not None else None,
+    )
+    # -- end distributed
     timings = {"data": time.perf_counter() - started[0]}
     config = resolve_config(config, dataset)
-    run_dir = Path(out) if out is not None else runs.default_run_dir(dataset.name)
-    if not resume:
-        runs.prepare_run_dir(run_dir, overwrite)
-    # Dropout's seed generators and the initial weights draw from the global seed. The model
-    # is built before the folder is made: a network too big for the images writes nothing.
-    runs.set_seed(config.train.seed)
-    model = compile_model(build_model(config.model, dataset.image_shape), config)
-    run_dir = run_dir if resume else runs.create_run_dir(run_dir, overwrite)
-    with runs.RunLock(run_dir):
-        opened = _open_run(source, config, dataset, run_dir, command, resume, started)
-        fitted = time.perf_counter()
-        result = _fit_run(opened, model, verbose)
-        timings["epochs"] = time.perf_counter() - fitted
-        return _finish_run(opened, model, result, timings)
+    shared = shared if shared is not None else runs.default_run_dir(dataset.name)
+    with dist.run_folder(shared, resume) as run_dir:  # the chief writes; others a temp copy
+        if not resume:
+            runs.prepare_run_dir(run_dir, overwrite)
+        # Dropout's seed generators and the initial weights draw from the global seed. The
+        # model is built before the folder is made: a network too big for the images writes
+        # nothing.
+        runs.set_seed(config.train.seed)
+        with dist.scope():
+            model = compile_model(build_model(config.model, dataset.image_shape), config)
+        run_dir = run_dir if resume else runs.create_run_dir(run_dir, overwrite)
+        with runs.RunLock(run_dir):
+            opened = _open_run(source, config, dataset, run_dir, command, resume, started)
+            fitted = time.perf_counter()
+            result = _fit_run(opened, model, verbose, dist)
+            timings["epochs"] = time.perf_counter() - fitted
+            finished = _finish_run(opened, model, result, timings)
+            finished.run_dir = shared
+            return finished
 
 
 def _open_run(
@@ -249,8 +277,11 @@ def _resume_advice(run_dir: Path) -> str:
     return f"; restore it, then `l1cnn train --resume {run_dir}` goes on from the last epoch"
 
 
-def _fit_run(opened: OpenRun, model: keras.Model, verbose: bool) -> FitResult:
+def _fit_run(
+    opened: OpenRun, model: keras.Model, verbose: bool, dist: distribute.Single | Any = None
+) -> FitResult:
     """Our loop over the run's data, from its backup if any, with a backup after every epoch."""
+    dist = dist if dist is not None else distribute.Single()
     config, dataset, state = opened.config, opened.dataset, opened.state
     weights = opened.info["class_weight"]
 
@@ -265,7 +296,8 @@ def _fit_run(opened: OpenRun, model: keras.Model, verbose: bool) -> FitResult:
             seed=epoch_shuffle_seed(config.train.seed, epoch),
             weights=weights,
         )  # augmentation (off by default) on training batches only, seeded by (seed, epoch)
-        return augment.augment_dataset(batches, config.augment, config.train.seed, epoch)
+        batches = augment.augment_dataset(batches, config.augment, config.train.seed, epoch)
+        return dist.take_part(batches)  # a worker's rows of each global batch (l1cnn.distribute)
 
     val = dataset.splits["val"]
     data = FitData(train_batches, make_tf_dataset(val, PREDICT_CHUNK), val.labels)
@@ -297,6 +329,7 @@ def _fit_run(opened: OpenRun, model: keras.Model, verbose: bool) -> FitResult:
                 early_stopping=stopper,
                 callbacks=callbacks,
                 done=state.history if state is not None else None,
+                step_factory=dist.step_factory(),
             )
     finally:
         if board is not None:
