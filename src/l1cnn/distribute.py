@@ -258,7 +258,9 @@ def _multi_worker(cluster: Cluster, options: ClusterOptions) -> Any:
         raise ConfigError(f"cannot start multi-worker training: {exc}") from None
 
 
-_LOST = re.compile(r"/job:(\w+)/replica:0/task:(\d+) is down")
+# How TensorFlow names a lost task: the health check ("... is down") or the coordination
+# service ("tasks are unhealthy (stopped sending heartbeats):\n/job:worker/replica:0/task:1").
+_LOST = re.compile(r"(?:unhealthy|down)\D*?/job:(\w+)/replica:0/task:(\d+)|/job:(\w+)/replica:0/task:(\d+) is down")
 
 
 class Distributed:
@@ -397,7 +399,7 @@ class Distributed:
         found = _LOST.search(str(exc))
         who = "a worker"
         if found and self.cluster is not None:
-            job, task = found.group(1), int(found.group(2))
+            job, task = found.group(1) or found.group(3), int(found.group(2) or found.group(4))
             has_chief = self.cluster.workers and job == "worker" and self._has_chief_job()
             index = task + 1 if has_chief else task
             if 0 <= index < len(self.cluster.workers):

@@ -304,7 +304,8 @@ def _fit_run(
     stopper = make_early_stopping(config)
     stateful = make_callbacks(config, model.optimizer, val.labels)
     if state is not None:  # weights, optimizer, dropout RNG, early stopping, callbacks
-        backup.restore(state, model, model.optimizer, stopper)
+        with dist.scope():  # the optimizer's variables are made (mirrored) here
+            backup.restore(state, model, model.optimizer, stopper)
         for callback in stateful:
             if callback.state_key in state.callbacks:
                 callback.set_state(state.callbacks[callback.state_key])
