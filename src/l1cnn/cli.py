@@ -338,7 +338,25 @@ def add_predict(sub: Subparsers) -> None:
     p.add_argument(
         "--threshold", type=float, metavar="P", help="decision threshold (default: the run's)"
     )
+    p.add_argument(
+        "--shard",
+        type=_shard,
+        metavar="K/N",
+        help="predict only the K-th of N contiguous slices of the inputs (1 <= K <= N), so N "
+        "machines each write a CSV whose rows, in shard order, are one machine's",
+    )
     p.set_defaults(handler=cmd_predict)
+
+
+def _shard(text: str) -> tuple[int, int]:
+    """``K/N`` -> (K, N) with 1 <= K <= N (argparse turns the ValueError into one line)."""
+    k, sep, n = text.partition("/")
+    if not sep or not k.strip().isdigit() or not n.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"--shard wants K/N, e.g. 2/4, got {text!r}")
+    pair = int(k), int(n)
+    if not 1 <= pair[0] <= pair[1]:
+        raise argparse.ArgumentTypeError(f"--shard K/N needs 1 <= K <= N, got {text!r}")
+    return pair
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -359,7 +377,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     else:
         from l1cnn.predict import predict
     result = predict(
-        args.run, args.inputs, skip_bad_images=args.skip_bad_images, threshold=args.threshold
+        args.run,
+        args.inputs,
+        skip_bad_images=args.skip_bad_images,
+        threshold=args.threshold,
+        shard=args.shard,
     )
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")

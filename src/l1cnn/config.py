@@ -150,7 +150,6 @@ class TrainConfig:
         "none",
         "none (one process, as specified), mirrored (every local GPU or logical device) or "
         "multi-worker (several processes/machines: TF_CONFIG or --workers)",
-        choices=STRATEGIES,
     )
 
 

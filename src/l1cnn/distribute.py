@@ -172,6 +172,10 @@ class Single:
         """The folder this process writes: the run folder itself."""
         yield run_dir
 
+    def facts(self) -> dict[str, Any]:
+        """What ``run.json`` records of the distribution: nothing for one process."""
+        return {}
+
     def step_factory(self) -> Any:
         """The loop's own step (``l1cnn.loop.make_train_steps``)."""
         from l1cnn.loop import make_train_steps
@@ -260,7 +264,9 @@ def _multi_worker(cluster: Cluster, options: ClusterOptions) -> Any:
 
 # How TensorFlow names a lost task: the health check ("... is down") or the coordination
 # service ("tasks are unhealthy (stopped sending heartbeats):\n/job:worker/replica:0/task:1").
-_LOST = re.compile(r"(?:unhealthy|down)\D*?/job:(\w+)/replica:0/task:(\d+)|/job:(\w+)/replica:0/task:(\d+) is down")
+_LOST = re.compile(
+    r"unhealthy\D*?/job:(\w+)/replica:0/task:(\d+)|/job:(\w+)/replica:0/task:(\d+) is down"
+)
 
 
 class Distributed:
@@ -278,6 +284,16 @@ class Distributed:
     def is_chief(self) -> bool:
         """Whether this process writes the run folder."""
         return self.cluster is None or self.cluster.is_chief
+
+    def facts(self) -> dict[str, Any]:
+        """What ``run.json`` records of the distribution (under ``distributed``)."""
+        return {
+            "distributed": {
+                "strategy": "multi-worker" if self.cluster is not None else "mirrored",
+                "workers": self.num_workers,
+                "replicas": self.num_replicas,
+            }
+        }
 
     def scope(self) -> contextlib.AbstractContextManager[Any]:
         """Build the model and optimizer in here: their variables become mirrored."""

@@ -168,6 +168,7 @@ def predict_export(
     inputs: Iterable[str | Path],
     skip_bad_images: bool = False,
     threshold: float | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> PredictResult:
     """Like ``l1cnn.predict.predict`` but through an exported model, with the same preprocessing.
 
@@ -176,6 +177,7 @@ def predict_export(
         inputs: image files, folders (searched recursively) and ``.npz`` files.
         skip_bad_images: skip unreadable images instead of failing.
         threshold: override the exported decision threshold.
+        shard: (K, N): predict only the K-th of N slices of the inputs (``--shard K/N``).
 
     Returns:
         A PredictResult in input order.
@@ -183,5 +185,11 @@ def predict_export(
     exported = load_export(path)
     cut = exported.threshold if threshold is None else threshold
     return predict_with(
-        exported.predict, exported.image_shape, exported.class_names, cut, inputs, skip_bad_images
+        exported.predict,
+        exported.image_shape,
+        exported.class_names,
+        cut,
+        inputs,
+        skip_bad_images,
+        shard,
     )

@@ -56,6 +56,7 @@ def predict(
     inputs: Iterable[str | Path],
     skip_bad_images: bool = False,
     threshold: float | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> PredictResult:
     """Positive-class probabilities and class names for image files, folders or ``.npz`` files.
 
@@ -64,11 +65,18 @@ def predict(
         inputs: image files, folders (searched recursively) and ``.npz`` files.
         skip_bad_images: skip unreadable images (listed in ``skipped``) instead of failing.
         threshold: override the run's decision threshold.
+        shard: (K, N): predict only the K-th of N slices of the inputs (``--shard K/N``).
     """
     run = _as_run(run)
     cut = run.threshold if threshold is None else threshold
     return predict_with(
-        make_predict_fn(run.model), run.image_shape, run.class_names, cut, inputs, skip_bad_images
+        make_predict_fn(run.model),
+        run.image_shape,
+        run.class_names,
+        cut,
+        inputs,
+        skip_bad_images,
+        shard,
     )
 
 

@@ -205,6 +205,7 @@ def train(
         run_dir = run_dir if resume else runs.create_run_dir(run_dir, overwrite)
         with runs.RunLock(run_dir):
             opened = _open_run(source, config, dataset, run_dir, command, resume, started)
+            opened.info.update(dist.facts())  # in the final run.json; {} for one process
             fitted = time.perf_counter()
             result = _fit_run(opened, model, verbose, dist)
             timings["epochs"] = time.perf_counter() - fitted
