@@ -126,7 +126,10 @@ def test_cli_refuses_bad_cluster_options(
     args: list[str], fragment: str, capsys: pytest.CaptureFixture[str], monkeypatch
 ) -> None:
     monkeypatch.delenv("TF_CONFIG", raising=False)
-    code = main(["train", "digits", *args])
+    try:
+        code = main(["train", "digits", *args])
+    except SystemExit as exc:  # argparse's own refusals exit from the parser
+        code = exc.code
     err = capsys.readouterr().err
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
@@ -156,8 +159,9 @@ def test_predict_shards_write_one_machines_csv(
         rows += part[1:]
     with (tmp_path / "all.csv").open() as f:
         assert rows == list(csv.reader(f))[1:]
-    code = main(["predict", str(trained_run), str(inputs), "--shard", "4/3"])
-    assert code == 2 and "1 <= K <= N" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:  # argparse refuses it (one line, exit 2)
+        main(["predict", str(trained_run), str(inputs), "--shard", "4/3"])
+    assert refused.value.code == 2 and "1 <= K <= N" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- slow: processes
