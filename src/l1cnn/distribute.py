@@ -32,6 +32,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -213,7 +214,10 @@ def setup(strategy: str, options: ClusterOptions | None = None) -> Single | Dist
     elif options.worker_index is not None:
         raise ConfigError("--worker-index needs --workers host:port,host:port,...")
     cluster = cluster_from_tf_config(os.environ.get("TF_CONFIG"))
-    return Distributed(_multi_worker(cluster, options), cluster, options)
+    watchdog = _join_watchdog(cluster, options)  # cancelled after the agreement check
+    dist = Distributed(_multi_worker(cluster, options), cluster, options)
+    dist.watchdog = watchdog
+    return dist
 
 
 def _mirrored() -> Any:
@@ -225,41 +229,95 @@ def _mirrored() -> Any:
 
 
 def _multi_worker(cluster: Cluster, options: ClusterOptions) -> Any:
-    """MultiWorkerMirroredStrategy with the health check bounded by ``collective_timeout``.
+    """MultiWorkerMirroredStrategy whose waits are bounded by our two timeouts.
 
-    TensorFlow pings every peer each ``interval`` seconds, ``retries`` times with ``timeout``
-    each before it aborts the collectives (the survivors' step then fails): a dead peer
-    (refused connection) is found within ~interval, an unreachable one within
-    interval + retries * timeout = ``collective_timeout``. The first collective, which waits
-    for every worker to start, gets ``join_timeout``. TensorFlow reads these from the class
-    (its own tests set them the same way), so they are set before the strategy is made.
+    TensorFlow (2.13+) runs a coordination service led by the chief: every worker registers
+    with it at start and then sends heartbeats; a worker silent for ``collective_timeout``
+    seconds is declared lost and every collective is aborted, so the survivors' step fails
+    instead of waiting forever. The strategy configures the service only when nobody has
+    (TensorFlow's default: 10 s without heartbeats), so ours is set first, through
+    TensorFlow's own (internal) context call, before the strategy is made. Registration is
+    bounded by :class:`JoinWatchdog` (the service's registration timeout does not end it).
     """
     import tensorflow as tf
-    from tensorflow.python.distribute import collective_all_reduce_strategy as car
+    from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
+    from tensorflow.python.eager import context
 
-    quarter = max(options.collective_timeout / 4, 1.0)
-    extended = car.CollectiveAllReduceExtended
-    extended._check_health_interval = quarter
-    extended._check_health_timeout = quarter
-    extended._check_health_retry_limit = 3
-    extended._check_health_initial_timeout = max(options.join_timeout, 1.0)
+    has_chief = _has_chief_job()
+    jobs = [("chief", 1)] if has_chief else []
+    jobs.append(("worker", len(cluster.workers) - len(jobs)))
+    if context.context().coordination_service is None:
+        context.context().configure_coordination_service(
+            service_type="standalone",
+            service_leader=f"/job:{jobs[0][0]}/replica:0/task:0",
+            coordinated_jobs=[
+                coordination_config_pb2.CoordinatedJob(name=name, num_tasks=n) for name, n in jobs
+            ],
+            heartbeat_timeout_in_ms=int(options.collective_timeout * 1000),
+        )
     communication = tf.distribute.experimental.CommunicationOptions(
         implementation=tf.distribute.experimental.CommunicationImplementation.RING
     )
     try:
         return tf.distribute.MultiWorkerMirroredStrategy(communication_options=communication)
-    except RuntimeError as exc:
-        if "Timeout waiting for the cluster" not in str(exc):
-            raise
-        others = ", ".join(
-            cluster.name(i) for i in range(len(cluster.workers)) if i != cluster.index
-        )
-        raise ConfigError(
-            f"not every worker joined within {options.join_timeout:g} s (--join-timeout); "
-            f"check that {others} started the same command and can read the data"
-        ) from None
     except ValueError as exc:  # e.g. a malformed address in TF_CONFIG
         raise ConfigError(f"cannot start multi-worker training: {exc}") from None
+
+
+# The watchdog process: waits on its stdin; EOF (cancelled, or the worker died) ends it
+# quietly, a timeout writes the error line and kills the worker.
+_WATCHDOG = """
+import os, select, signal, sys
+pid, seconds = int(sys.argv[1]), float(sys.argv[2])
+ready, _, _ = select.select([sys.stdin], [], [], seconds)
+if not ready:
+    os.write(2, (sys.argv[3] + chr(10)).encode())
+    os.kill(pid, signal.SIGKILL)
+"""
+
+
+class JoinWatchdog:
+    """Ends this process with one ``error:`` line if the cluster has not formed in time.
+
+    Joining blocks inside TensorFlow's C++ runtime holding the GIL (measured with TF 2.21:
+    ``ensure_initialized`` waits for every worker to register; the coordination service's
+    registration timeout does not end it, SIGTERM does not either, and no Python thread
+    runs meanwhile), so a tiny separate process keeps the time: it writes the error and
+    sends SIGKILL (exit status 137). Cancelled once every worker has answered the first
+    collective (the agreement check).
+    """
+
+    def __init__(self, seconds: float, message: str) -> None:
+        import subprocess
+
+        self.proc = subprocess.Popen(
+            [sys.executable, "-S", "-c", _WATCHDOG, str(os.getpid()), str(seconds), message],
+            stdin=subprocess.PIPE,
+        )
+
+    def cancel(self) -> None:
+        """The cluster formed: end the watchdog."""
+        if self.proc.stdin is not None and not self.proc.stdin.closed:
+            self.proc.stdin.close()
+            self.proc.wait()
+
+
+def _join_watchdog(cluster: Cluster, options: ClusterOptions) -> JoinWatchdog:
+    others = ", ".join(cluster.name(i) for i in range(len(cluster.workers)) if i != cluster.index)
+    return JoinWatchdog(
+        options.join_timeout,
+        f"error: not every worker joined within {options.join_timeout:g} s (--join-timeout); "
+        "check "
+        f"that {others} started the same command and can read the data; nothing trained",
+    )
+
+
+def _has_chief_job() -> bool:
+    """Whether TF_CONFIG has a ``chief`` job (TFJob style) besides the workers."""
+    try:
+        return "chief" in json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
+    except (ValueError, AttributeError):
+        return False
 
 
 # How TensorFlow names a lost task: the health check ("... is down") or the coordination
@@ -279,6 +337,7 @@ class Distributed:
         self.worker = cluster.index if cluster is not None else 0
         self.local_replicas = self.num_replicas // self.num_workers
         self.resume_hint = "l1cnn train --resume RUN"
+        self.watchdog: JoinWatchdog | None = None
 
     @property
     def is_chief(self) -> bool:
@@ -341,7 +400,9 @@ class Distributed:
         else:
             texts = (dumps_config(config), dataset.fingerprint(), __version__, _file_digest(backup))
             row = [1.0] + [v for text in texts for v in _digest(text)]
-        table = self._exchange(row)
+        table = self._exchange(row)  # every worker answered: the cluster has formed
+        if self.watchdog is not None:
+            self.watchdog.cancel()
         if failure is not None:
             raise failure
         for index, other in enumerate(table):
@@ -416,8 +477,7 @@ class Distributed:
         who = "a worker"
         if found and self.cluster is not None:
             job, task = found.group(1) or found.group(3), int(found.group(2) or found.group(4))
-            has_chief = self.cluster.workers and job == "worker" and self._has_chief_job()
-            index = task + 1 if has_chief else task
+            index = task + 1 if job == "worker" and _has_chief_job() else task
             if 0 <= index < len(self.cluster.workers):
                 who = self.cluster.name(index)
         return TrainingError(
@@ -425,12 +485,6 @@ class Distributed:
             f"{self.options.collective_timeout:g} s); the run folder keeps every finished "
             f"epoch: restart every worker with `{self.resume_hint}`"
         )
-
-    def _has_chief_job(self) -> bool:
-        try:
-            return "chief" in json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
-        except ValueError:
-            return False
 
     def step_factory(self) -> Any:
         """A ``loop.StepFactory`` running each step on every replica through ``strategy.run``."""
