@@ -140,28 +140,34 @@ def _weights(run: Path) -> int:
     return int(sum(w.size for w in model.get_weights()))
 
 
-def scaling_model(per_image_s: float, nbytes: int, batch: int) -> list[dict[str, float]]:
+def scaling_model(
+    per_image_s: float, nbytes: int, batch: int, per_worker: bool = False
+) -> list[dict[str, float]]:
     """Modelled step time, throughput and efficiency for W workers at each bandwidth.
 
-    One worker = this machine (2 cores); compute per step = (batch / W) * per_image_s; ring
-    all-reduce = 2 (W-1)/W * bytes / bandwidth + 2 (W-1) * LATENCY_S. ``batch_even`` is the
-    global batch at which compute equals communication (larger: compute dominates).
+    One worker = this machine (2 cores); compute per step = (global batch / W) * per_image_s;
+    ring all-reduce = 2 (W-1)/W * bytes / bandwidth + 2 (W-1) * LATENCY_S. The global batch
+    is ``batch`` (strong scaling) or ``batch * W`` with ``per_worker`` (weak scaling: each
+    worker keeps ``batch`` images). ``batch_even`` is the global batch at which compute
+    equals communication (larger: compute dominates). Speed-up is against one worker.
     """
     rows = []
     for gbit in GBITS:
         bandwidth = gbit * 1e9 / 8
         for w in WORKERS:
             comm = 2 * (w - 1) / w * nbytes / bandwidth + 2 * (w - 1) * LATENCY_S
-            compute = batch / w * per_image_s
+            global_batch = batch * w if per_worker else batch
+            compute = global_batch / w * per_image_s
             step = compute + comm
             rows.append(
                 {
                     "gbit": gbit,
                     "workers": w,
+                    "batch": global_batch,
                     "comm_ms": comm * 1e3,
                     "compute_ms": compute * 1e3,
-                    "images_per_s": batch / step,
-                    "speedup": (batch * per_image_s) / step,
+                    "images_per_s": global_batch / step,
+                    "speedup": (global_batch / step) * per_image_s,
                     "efficiency": compute / step,
                     "batch_even": w * comm / per_image_s,
                 }
@@ -199,7 +205,6 @@ def main() -> None:
     step_none = results["none"] / steps
     nbytes = 4 * n_weights
     per_image = step_none / 32
-    rows = scaling_model(per_image, nbytes, 32)
     date = dt.date.today().isoformat()
     lines = [
         f"## Distributed training, {date}",
@@ -232,19 +237,29 @@ def main() -> None:
         f"{reduce['median_s'] / (results['workers'] / steps) * 100:.0f}% of a 2-worker step.",
         "",
         "Scaling **model** (not measured): one worker = this machine, "
-        f"{per_image * 1e3:.3f} ms of compute per image (the `none` row), global batch 32, "
-        f"ring all-reduce of {nbytes / 1e6:.2f} MB, {LATENCY_S * 1e6:.0f} us per hop (assumed).",
-        "",
-        "| Gbit/s | workers | compute ms | all-reduce ms | images/s | speed-up | efficiency | "
-        "batch where compute = comm |",
-        "|---|---|---|---|---|---|---|---|",
+        f"{per_image * 1e3:.3f} ms of compute per image (the `none` row, validation included), "
+        f"ring all-reduce of {nbytes / 1e6:.2f} MB, {LATENCY_S * 1e6:.0f} us per hop (assumed); "
+        "speed-up against one worker. 'batch even' is the global batch at which compute equals "
+        "the all-reduce: above it, compute dominates.",
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['gbit']} | {r['workers']} | {r['compute_ms']:.2f} | {r['comm_ms']:.2f} | "
-            f"{r['images_per_s']:.0f} | {r['speedup']:.2f}x | {r['efficiency'] * 100:.0f}% | "
-            f"{r['batch_even']:.0f} |"
-        )
+    for per_worker, title in (
+        (False, "global batch 32 (strong scaling: the dynamics of one process)"),
+        (True, "32 images per worker (weak scaling: global batch 32 x workers)"),
+    ):
+        lines += [
+            "",
+            f"Model, {title}:",
+            "",
+            "| Gbit/s | workers | global batch | compute ms | all-reduce ms | images/s | speed-up "
+            "| efficiency | batch even |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in scaling_model(per_image, nbytes, 32, per_worker):
+            lines.append(
+                f"| {r['gbit']} | {r['workers']} | {r['batch']} | {r['compute_ms']:.2f} | "
+                f"{r['comm_ms']:.2f} | {r['images_per_s']:.0f} | {r['speedup']:.2f}x | "
+                f"{r['efficiency'] * 100:.0f}% | {r['batch_even']:.0f} |"
+            )
     text = "\n".join(lines) + "\n"
     print(text)
     replace_section(opts.out, "## Distributed training", text)

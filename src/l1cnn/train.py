@@ -167,8 +167,8 @@ def train(
         command: the command line, recorded in ``run.json``.
         resume: continue the unfinished run in ``out`` from its last backup (use
             :func:`resume`, which reads the run's config and source).
-        cluster: how this process joins a ``multi-worker`` run (``l1cnn.distribute``); with
-            ``config.train.strategy = "none"`` (the default) it must be None.
+        cluster: how this process joins a ``multi-worker`` run (``l1cnn.distribute``:
+            ``--workers``, ``--worker-index``, timeouts); None: ``TF_CONFIG`` and defaults.
 
     Returns:
         A TrainResult; the same facts are in the run folder.
