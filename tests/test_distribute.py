@@ -330,7 +330,7 @@ def test_a_killed_worker_stops_the_other_and_both_resume(tmp_path: Path) -> None
     errors = [line for line in err.splitlines() if line.startswith("error: ")]
     assert code == 1 and len(errors) == 1, err
     assert "Traceback" not in err
-    assert "worker 1 (localhost:" in errors[0] and "was lost" in errors[0]
+    assert "worker 1 (localhost:" in errors[0] and "was lost" in errors[0], err
     assert f"l1cnn train --resume {out}" in errors[0]
     stopped_at = json.loads((out / "run.json").read_text())
     assert stopped_at["status"] == "running"  # not finished: resumable

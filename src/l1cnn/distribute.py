@@ -320,11 +320,10 @@ def _has_chief_job() -> bool:
         return False
 
 
-# How TensorFlow names a lost task: the health check ("... is down") or the coordination
-# service ("tasks are unhealthy (stopped sending heartbeats):\n/job:worker/replica:0/task:1").
-_LOST = re.compile(
-    r"unhealthy\D*?/job:(\w+)/replica:0/task:(\d+)|/job:(\w+)/replica:0/task:(\d+) is down"
-)
+# How TensorFlow names tasks in its errors: the coordination service says "tasks are unhealthy
+# (stopped sending heartbeats): /job:worker/replica:0/task:1", a collective that lost its peer
+# names the peer's device.
+_TASK = re.compile(r"/job:(chief|worker)/(?:replica:\d+/)?task:(\d+)")
 
 
 class Distributed:
@@ -472,14 +471,23 @@ class Distributed:
         return batches.map(part)
 
     def lost_worker(self, exc: Exception) -> TrainingError:
-        """The one-line error of a step that failed because the cluster broke."""
-        found = _LOST.search(str(exc))
+        """The one-line error of a step that failed because the cluster broke.
+
+        Names the lost worker when TensorFlow's message names one task besides this one, or
+        when there is only one other worker.
+        """
         who = "a worker"
-        if found and self.cluster is not None:
-            job, task = found.group(1) or found.group(3), int(found.group(2) or found.group(4))
-            index = task + 1 if job == "worker" and _has_chief_job() else task
-            if 0 <= index < len(self.cluster.workers):
-                who = self.cluster.name(index)
+        if self.cluster is not None:
+            chief_job = _has_chief_job()
+            named = {
+                int(task) + (1 if job == "worker" and chief_job else 0)
+                for job, task in _TASK.findall(str(exc))
+            }
+            others = named - {self.cluster.index}
+            if len(self.cluster.workers) == 2:
+                others = {1 - self.cluster.index}
+            if len(others) == 1 and 0 <= min(others) < len(self.cluster.workers):
+                who = self.cluster.name(min(others))
         return TrainingError(
             f"{who} was lost, so training stopped (collective timeout "
             f"{self.options.collective_timeout:g} s); the run folder keeps every finished "
