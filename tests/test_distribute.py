@@ -293,10 +293,15 @@ sys.exit(main(sys.argv[1:]))
 
 
 @pytest.mark.slow
-def test_mirrored_over_two_logical_devices_trains_as_one_process(tmp_path: Path) -> None:
+@pytest.mark.parametrize("l1_mode", ["penalty", "proximal"])
+def test_mirrored_over_two_logical_devices_trains_as_one_process(
+    tmp_path: Path, l1_mode: str
+) -> None:
     out = tmp_path / "mirrored"
-    # l1 penalty well above zero: a penalty added per replica would show in loss and weights.
+    # l1 penalty well above zero: a penalty added per replica would show in loss and weights;
+    # proximal: the kernels are soft-thresholded once per step, not once per replica.
     extra = [*NO_DROPOUT, "--epochs", "3", "--set", "model.l1_lambda=0.001"]
+    extra += ["--set", f"model.l1_mode={l1_mode}"]
     args = ["train", "digits", *TINY, *extra, "--strategy", "mirrored", "--out", str(out)]
     proc = subprocess.run(
         [sys.executable, "-c", MIRRORED, *args],
