@@ -131,6 +131,8 @@ def _cluster_options(args: argparse.Namespace, strategy: str, out: str | None) -
     if args.collective_timeout <= 0 or args.join_timeout <= 0:
         raise ConfigError("--collective-timeout and --join-timeout must be > 0 seconds")
     many = len(workers) > 1 or (not workers and "TF_CONFIG" in os.environ)
+    if strategy == "multi-worker":  # TensorFlow's C++ logs each aborted collective on a fault:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # ours is the one line (0: see them)
     if strategy == "multi-worker" and many and out is None:
         raise ConfigError(
             "multi-worker training needs --out RUN, a folder every worker can read "
