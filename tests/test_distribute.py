@@ -345,26 +345,46 @@ def test_a_killed_worker_stops_the_other_and_both_resume(tmp_path: Path) -> None
     assert json.loads((out / "run.json").read_text())["status"] == "completed"
 
 
+def _two_npz(tmp_path: Path) -> tuple[Path, Path]:
+    """Two readable .npz files of different images (different fingerprints)."""
+    from conftest import make_images
+
+    paths = tmp_path / "a.npz", tmp_path / "b.npz"
+    for seed, path in enumerate(paths):
+        x, y = make_images(120, seed=seed)
+        np.savez(path, x=x, y=y)
+    return paths
+
+
 @pytest.mark.slow
-def test_workers_that_disagree_are_refused_before_training(tmp_path: Path) -> None:
+@pytest.mark.parametrize("what", ["config", "data fingerprint"])
+def test_workers_that_disagree_are_refused_before_training(tmp_path: Path, what: str) -> None:
     out = tmp_path / "run"
-    procs = _start_workers(
-        tmp_path, out, ["digits", *TINY, "--epochs", "1"], {1: ["--learning-rate", "0.01"]}
-    )
+    a, b = _two_npz(tmp_path)
+    workers = ",".join(f"localhost:{p}" for p in _free_ports(2))
+    cmds = []
+    for index in (0, 1):
+        data = b if what == "data fingerprint" and index == 1 else a
+        cmd = [sys.executable, "-m", "l1cnn.cli", "train", str(data), *TINY, "--epochs", "1"]
+        cmd += ["--strategy", "multi-worker", "--workers", workers, "--worker-index", str(index)]
+        cmd += ["--out", str(out)]
+        if what == "config" and index == 1:
+            cmd += ["--learning-rate", "0.01"]
+        cmds.append(cmd)
+    procs = [
+        subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for cmd in cmds
+    ]
     for code, _, err in _finish(procs):
         errors = [line for line in err.splitlines() if line.startswith("error: ")]
         assert code == 2 and err.strip().splitlines() == errors, err  # one line only
-        assert "worker 1 (localhost:" in errors[0] and "different config" in errors[0]
+        assert "worker 1 (localhost:" in errors[0] and f"different {what}" in errors[0]
     assert not (out / "backup.npz").exists() and not (out / "model.keras").exists()
 
 
 @pytest.mark.slow
 def test_a_worker_that_cannot_read_the_data_is_refused(tmp_path: Path) -> None:
-    from conftest import make_images
-
-    good, bad = tmp_path / "good.npz", tmp_path / "bad.npz"
-    x, y = make_images(120, seed=3)
-    np.savez(good, x=x, y=y)
+    good, bad = _two_npz(tmp_path)
     bad.write_bytes(b"not an npz file")
     # Worker 1 has an unreadable copy of the data: both refuse before training, naming it.
     workers = ",".join(f"localhost:{p}" for p in _free_ports(2))
