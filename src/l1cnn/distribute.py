@@ -21,7 +21,8 @@ How a distributed step matches a single process (``train.batch_size`` is the glo
 Only the chief writes the run folder; other workers train in a temporary copy that is
 deleted at the end (:meth:`Distributed.run_folder`). Workers check they agree (config, data
 fingerprint, l1cnn version, backup) before any weight is created, and a lost worker ends the
-others through TensorFlow's cluster health check within ``collective_timeout`` seconds.
+others through TensorFlow's coordination service (heartbeats) within ``collective_timeout``
+seconds.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from l1cnn.config import Config, dumps_config
-from l1cnn.errors import ConfigError, DataError, TrainingError
+from l1cnn.errors import ConfigError, DataError, L1CNNError, TrainingError
 from l1cnn.version import __version__
 
 DEFAULT_COLLECTIVE_TIMEOUT = 60.0
@@ -52,6 +53,7 @@ _RESUME_FILES = ("config.toml", "run.json", "data.json", "split.json", "backup.n
 # What the workers compare before training; each digest travels as 3 x 16 bits in float32.
 _AGREED = ("config", "data fingerprint", "l1cnn version", "backup")
 _NO_DATA = 2.0  # status of a worker that could not load the data (1.0: ready)
+_FAILED = 3.0  # status of a worker that stopped with another error before training
 
 
 @dataclass(frozen=True)
@@ -392,14 +394,20 @@ class Distributed:
             return load()
         try:
             dataset, failure = load(), None
-        except DataError as exc:
+        except L1CNNError as exc:  # still answer the others, so they need not time out
             dataset, failure = None, exc
         if dataset is None:
-            row = [_NO_DATA] + [0.0] * (3 * len(_AGREED))
+            status = _NO_DATA if isinstance(failure, DataError) else _FAILED
+            row = [status] + [0.0] * (3 * len(_AGREED))
         else:
             texts = (dumps_config(config), dataset.fingerprint(), __version__, _file_digest(backup))
             row = [1.0] + [v for text in texts for v in _digest(text)]
-        table = self._exchange(row)  # every worker answered: the cluster has formed
+        import tensorflow as tf
+
+        try:
+            table = self._exchange(row)  # every worker answered: the cluster has formed
+        except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError) as exc:
+            raise self.lost_worker(exc) from None
         if self.watchdog is not None:
             self.watchdog.cancel()
         if failure is not None:
@@ -407,6 +415,11 @@ class Distributed:
         for index, other in enumerate(table):
             if other[0] == _NO_DATA:
                 raise DataError(f"{self.cluster.name(index)} cannot read the data; nothing trained")
+            if other[0] == _FAILED:
+                raise ConfigError(
+                    f"{self.cluster.name(index)} stopped with an error before training (see its "
+                    "output); nothing trained"
+                )
         for index, other in enumerate(table):
             for k, what in enumerate(_AGREED):
                 digest = slice(1 + 3 * k, 4 + 3 * k)
