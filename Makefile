@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-scale clean
+.PHONY: demo test lint bench bench-scale bench-distributed clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,9 @@ bench: $(STAMP)
 
 bench-scale: $(STAMP)
 	$(BIN)/python benchmarks/scale.py --cache
+
+bench-distributed: $(STAMP)
+	$(BIN)/python benchmarks/distributed.py --epochs 3 --reduces 50
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

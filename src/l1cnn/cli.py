@@ -98,8 +98,54 @@ def add_train(sub: Subparsers) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_mlflow_options(p)
+    _add_cluster_options(p)
     add_config_options(p, "override any config key, e.g. --set l1_lambda=0.001 (repeatable)")
     p.set_defaults(handler=cmd_train)
+
+
+def _add_cluster_options(p: argparse.ArgumentParser) -> None:
+    """How a ``--strategy multi-worker`` process joins its cluster (docs/distributed.md)."""
+    g = p.add_argument_group("multi-worker training (--strategy multi-worker)")
+    g.add_argument(
+        "--workers",
+        metavar="HOST:PORT,...",
+        help="every worker's address, chief first; builds TF_CONFIG (else TF_CONFIG is read)",
+    )
+    g.add_argument(
+        "--worker-index", type=int, metavar="I", help="this worker's place in --workers (0: chief)"
+    )
+    g.add_argument(
+        "--collective-timeout",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="a lost worker stops the others within about S seconds (default: 60)",
+    )
+    g.add_argument(
+        "--join-timeout",
+        type=float,
+        default=600.0,
+        metavar="S",
+        help="how long to wait for every worker to start (default: 600)",
+    )
+
+
+def _cluster_options(args: argparse.Namespace, strategy: str, out: str | None) -> Any:
+    """The ClusterOptions of the command line; a multi-process run needs a shared --out."""
+    from l1cnn.distribute import ClusterOptions, parse_workers
+
+    workers = parse_workers(args.workers) if args.workers else ()
+    if args.collective_timeout <= 0 or args.join_timeout <= 0:
+        raise ConfigError("--collective-timeout and --join-timeout must be > 0 seconds")
+    many = len(workers) > 1 or (not workers and "TF_CONFIG" in os.environ)
+    if strategy == "multi-worker":  # TensorFlow's C++ logs each aborted collective on a fault:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # ours is the one line (0: see them)
+    if strategy == "multi-worker" and many and out is None:
+        raise ConfigError(
+            "multi-worker training needs --out RUN, a folder every worker can read "
+            "(the chief writes it; --resume reads it on every worker)"
+        )
+    return ClusterOptions(workers, args.worker_index, args.collective_timeout, args.join_timeout)
 
 
 def _resume(args: argparse.Namespace) -> Any:
@@ -123,7 +169,12 @@ def _resume(args: argparse.Namespace) -> Any:
             f"--resume continues a run with its own data and config; drop {', '.join(extra)}"
         )
     target = mlflow_target(args)
-    result = resume(args.resume, not args.quiet, args.command_line, mlflow=target)
+    from l1cnn.runs import CONFIG_FILE, read_run_config
+
+    has_config = (Path(args.resume) / CONFIG_FILE).is_file()  # else resume() says what is wrong
+    strategy = read_run_config(args.resume).train.strategy if has_config else "none"
+    cluster = _cluster_options(args, strategy, args.resume)
+    result = resume(args.resume, not args.quiet, args.command_line, mlflow=target, cluster=cluster)
     if result is None:
         from l1cnn.runs import RUN_FILE, read_json
 
@@ -147,6 +198,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = config_from_args(args)
         check_data(args.data)
         target = mlflow_target(args)
+        cluster = _cluster_options(args, config.train.strategy, args.out)
         from l1cnn.train import train
 
         result = train(
@@ -157,6 +209,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             verbose=not args.quiet,
             command=args.command_line,
             mlflow=target,
+            cluster=cluster,
         )
     data, metrics = result.data, result.metrics
     warn_skipped(data.get("skipped_images", []))
@@ -316,7 +369,25 @@ def add_predict(sub: Subparsers) -> None:
         metavar="S",
         help="seed of the dropout masks for --mc-samples (default: the run's train.seed)",
     )
+    p.add_argument(
+        "--shard",
+        type=_shard,
+        metavar="K/N",
+        help="predict only the K-th of N contiguous slices of the inputs (1 <= K <= N), so N "
+        "machines each write a CSV whose rows, in shard order, are one machine's",
+    )
     p.set_defaults(handler=cmd_predict)
+
+
+def _shard(text: str) -> tuple[int, int]:
+    """``K/N`` -> (K, N) with 1 <= K <= N (argparse turns the ValueError into one line)."""
+    k, sep, n = text.partition("/")
+    if not sep or not k.strip().isdigit() or not n.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"--shard wants K/N, e.g. 2/4, got {text!r}")
+    pair = int(k), int(n)
+    if not 1 <= pair[0] <= pair[1]:
+        raise argparse.ArgumentTypeError(f"--shard K/N needs 1 <= K <= N, got {text!r}")
+    return pair
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -348,6 +419,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         skip_bad_images=args.skip_bad_images,
         threshold=args.threshold,
         **extra,
+        shard=args.shard,
     )
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")

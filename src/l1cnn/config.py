@@ -22,6 +22,7 @@ from l1cnn.errors import ConfigError
 CLASS_WEIGHT_CHOICES = ("none", "balanced")
 LR_SCHEDULES = ("constant", "plateau", "cosine")
 SAMPLING_CHOICES = ("none", "oversample")
+STRATEGIES = ("none", "mirrored", "multi-worker")  # l1cnn.distribute
 L1_MODES = ("penalty", "proximal")
 PRECISIONS = ("float32", "mixed_bfloat16")
 # Threshold rules: a number, or chosen on validation by l1cnn.evaluate.choose_threshold.
@@ -191,6 +192,12 @@ class TrainConfig:
         "none, or coverage=X: refer to a human each image whose split-conformal label set "
         "(calibrated on validation) is not one class",
         metavar="none|coverage=X",
+    )
+    # -- distributed training (l1cnn.distribute); batch_size stays the global batch
+    strategy: str = _opt(
+        "none",
+        "none (one process, as specified), mirrored (every local GPU or logical device) or "
+        "multi-worker (several processes/machines: TF_CONFIG or --workers)",
     )
 
 
@@ -432,6 +439,7 @@ def _check_ranges(config: Config) -> None:
         t.class_weight,
     )
     need(t.seed >= 0, "train.seed", "must be >= 0", t.seed)
+    need(t.strategy in STRATEGIES, "train.strategy", f"must be one of {STRATEGIES}", t.strategy)
     parse_threshold_rule(t.threshold)  # raises ConfigError for a malformed rule
     need(
         t.calibration in CALIBRATION_METHODS,

@@ -198,6 +198,7 @@ def predict_export(
     threshold: float | None = None,
     abstain: float | None = None,
     mc_samples: int | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> PredictResult:
     """Like ``l1cnn.predict.predict`` but through an exported model, with the same preprocessing.
 
@@ -209,6 +210,7 @@ def predict_export(
         abstain: target coverage in (0, 1) of split-conformal label sets, from the validation
             scores in ``export.json`` (default: the run's ``train.abstain``).
         mc_samples: refused: an exported graph runs in inference mode, without dropout.
+        shard: (K, N): predict only the K-th of N slices of the inputs (``--shard K/N``).
 
     Returns:
         A PredictResult in input order.
@@ -225,7 +227,13 @@ def predict_export(
     q = None if coverage is None else exported.refer_threshold(coverage)
     cut = exported.threshold if threshold is None else threshold
     result = predict_with(
-        exported.predict, exported.image_shape, exported.class_names, cut, inputs, skip_bad_images
+        exported.predict,
+        exported.image_shape,
+        exported.class_names,
+        cut,
+        inputs,
+        skip_bad_images,
+        shard,
     )
     if q is not None:
         add_decisions(result.predictions, exported.class_names, q)

@@ -72,6 +72,16 @@ def _chunks(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
         yield chunk
 
 
+def shard_bounds(total: int, k: int, n: int) -> tuple[int, int]:
+    """Items ``[lo, hi)`` of shard ``k`` (1-based) of ``n`` over ``total`` items, in order.
+
+    Contiguous, balanced, disjoint and complete: shards 1..n in turn are the whole list.
+    """
+    if not 1 <= k <= n:
+        raise DataError(f"shard {k}/{n}: K must be in 1..{n}")
+    return total * (k - 1) // n, total * k // n
+
+
 def _pixels_like_run(pixels: np.ndarray, shape: tuple[int, int, int], where: str) -> np.ndarray:
     """Array inputs must already have the run's image shape (they are not resized)."""
     if pixels.shape != shape:
@@ -86,6 +96,7 @@ def predict_with(
     cut: float,
     inputs: Iterable[str | Path],
     skip_bad_images: bool = False,
+    shard: tuple[int, int] | None = None,
 ) -> PredictResult:
     """``predict`` with any forward function (pixels float32 -> probabilities (N,)).
 
@@ -100,11 +111,18 @@ def predict_with(
         cut: the decision threshold.
         inputs: image files, folders (searched recursively) and ``.npz`` files.
         skip_bad_images: skip unreadable images (listed in ``skipped``) instead of failing.
+        shard: (K, N): only the K-th (1-based) of N contiguous slices of the expanded inputs
+            (:func:`shard_bounds`), so N machines together predict each input once.
 
     Returns:
         A PredictResult in input order.
     """
     height, width, channels = image_shape
+    items: Iterable[tuple[str, Path | np.ndarray]] = iter_predict_inputs(inputs)
+    if shard is not None:  # paths only are listed; images are read for this slice alone
+        listed = list(items)
+        lo, hi = shard_bounds(len(listed), *shard)
+        items = listed[lo:hi]
 
     def prepare(chunk: list[tuple[str, Path | np.ndarray]]) -> tuple[list[str], list, list[str]]:
         """Decode one chunk: (ids, pixels per item or None when skipped, bad-image messages)."""
@@ -126,7 +144,7 @@ def predict_with(
     skipped: list[str] = []
     # Decode the next chunk while the model runs on this one (both release the GIL).
     with ThreadPoolExecutor(max_workers=1) as decoder:
-        chunks = _chunks(iter_predict_inputs(inputs), PREDICT_CHUNK)
+        chunks = _chunks(iter(items), PREDICT_CHUNK)
         first = next(chunks, None)
         pending = decoder.submit(prepare, first) if first is not None else None
         while pending is not None:

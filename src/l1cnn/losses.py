@@ -11,17 +11,26 @@ from typing import Any
 from keras import ops
 
 
-def data_loss(y_true: Any, y_prob: Any, sample_weight: Any | None = None) -> Any:
-    """Mean binary cross-entropy of probabilities ``y_prob`` (N,) or (N, 1) against 0/1 labels.
+def per_example_loss(y_true: Any, y_prob: Any, sample_weight: Any | None = None) -> Any:
+    """Binary cross-entropy of each example (N,), times its ``sample_weight`` when given.
 
-    With ``sample_weight`` (N,), the weighted mean (sum of w * bce / N, as Keras weights losses).
+    A replica of a distributed step sums these and divides by the global batch
+    (``l1cnn.distribute``); :func:`data_loss` takes their mean.
     """
     y_true = ops.reshape(ops.cast(y_true, "float32"), (-1,))
     y_prob = ops.reshape(ops.cast(y_prob, "float32"), (-1,))
     per_example = ops.binary_crossentropy(y_true, y_prob, from_logits=False)
     if sample_weight is not None:
         per_example = per_example * ops.reshape(ops.cast(sample_weight, "float32"), (-1,))
-    return ops.mean(per_example)
+    return per_example
+
+
+def data_loss(y_true: Any, y_prob: Any, sample_weight: Any | None = None) -> Any:
+    """Mean binary cross-entropy of probabilities ``y_prob`` (N,) or (N, 1) against 0/1 labels.
+
+    With ``sample_weight`` (N,), the weighted mean (sum of w * bce / N, as Keras weights losses).
+    """
+    return ops.mean(per_example_loss(y_true, y_prob, sample_weight))
 
 
 def l1_penalty(kernels: list[Any], l1_lambda: float) -> Any:

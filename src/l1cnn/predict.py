@@ -112,6 +112,7 @@ def predict(
     abstain: float | None = None,
     mc_samples: int | None = None,
     mc_seed: int | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> PredictResult:
     """Positive-class probabilities and class names for image files, folders or ``.npz`` files.
 
@@ -131,6 +132,7 @@ def predict(
 
     Raises:
         ConfigError: ``abstain`` outside (0, 1) or ``mc_samples`` < 1.
+        shard: (K, N): predict only the K-th of N slices of the inputs (``--shard K/N``).
     """
     check_mc_samples(mc_samples)
     run = _as_run(run)
@@ -141,7 +143,9 @@ def predict(
     else:
         seed = run.config.train.seed if mc_seed is None else mc_seed
         forward = make_mc_predict_fn(run.calibrated_model, mc_samples, seed)
-    result = predict_with(forward, run.image_shape, run.class_names, cut, inputs, skip_bad_images)
+    result = predict_with(
+        forward, run.image_shape, run.class_names, cut, inputs, skip_bad_images, shard
+    )
     result.mc_samples = mc_samples
     if coverage is not None:
         add_decisions(result.predictions, run.class_names, conformal_threshold_of(run, coverage))

@@ -11,7 +11,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from l1cnn import augment, backup, outputs, runs
+from l1cnn import augment, backup, distribute, outputs, runs
 from l1cnn.callbacks import CollapseGuard, make_callbacks
 from l1cnn.config import Config, replace
 from l1cnn.data import (
@@ -69,6 +69,7 @@ def resume(
     verbose: bool = False,
     command: list[str] | None = None,
     mlflow: MlflowTarget | None = None,
+    cluster: distribute.ClusterOptions | None = None,
 ) -> TrainResult | None:
     """Continue a killed or interrupted run from its last backup, with its own config and data.
 
@@ -77,6 +78,7 @@ def resume(
         verbose: print a progress bar per epoch.
         command: the command line, recorded in ``run.json`` under ``resumed``.
         mlflow: also log the run to MLflow (a new MLflow run, with the epochs before too).
+        cluster: how this process joins a multi-worker run (its config's ``train.strategy``).
 
     Returns:
         The TrainResult of the completed run, or None when the run had already finished
@@ -94,7 +96,14 @@ def resume(
         return None
     config = runs.read_run_config(run_dir)
     return train(
-        info["source"], config, run_dir, False, verbose, command, resume=True, mlflow=mlflow
+        info["source"],
+        config,
+        run_dir,
+        verbose=verbose,
+        command=command,
+        resume=True,
+        mlflow=mlflow,
+        cluster=cluster,
     )
 
 
@@ -151,6 +160,7 @@ def train(
     resume: bool = False,
     mlflow: MlflowTarget | None = None,
     extra_callbacks: list[EpochCallback] | None = None,
+    cluster: distribute.ClusterOptions | None = None,
 ) -> TrainResult:
     """Train the classifier on ``source`` and write a run folder.
 
@@ -166,6 +176,8 @@ def train(
         mlflow: also log the run to MLflow (``l1cnn.tracking``); its failures only warn.
         extra_callbacks: epoch callbacks called after the run's own (after its backup), e.g.
             ``l1cnn tune``'s pruning; they may end training with ``StopTraining``.
+        cluster: how this process joins a ``multi-worker`` run (``l1cnn.distribute``:
+            ``--workers``, ``--worker-index``, timeouts); None: ``TF_CONFIG`` and defaults.
 
     Returns:
         A TrainResult; the same facts are in the run folder.
@@ -178,24 +190,42 @@ def train(
     """
     started = (time.perf_counter(), dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
     config = config or Config()
-    dataset = load_data(source, config.data, config.train.seed)
+    # -- distributed (l1cnn.distribute): strategy "none" is today's path, untouched
+    dist = distribute.setup(config.train.strategy, cluster)  # joins the cluster, if any
+    shared = Path(out) if out is not None else None
+    dataset = dist.agreed_data(
+        lambda: load_data(source, config.data, config.train.seed),
+        config,
+        shared / runs.BACKUP_FILE if resume and shared is not None else None,
+    )
+    # -- end distributed
     timings = {"data": time.perf_counter() - started[0]}
     config = resolve_config(config, dataset)
-    run_dir = Path(out) if out is not None else runs.default_run_dir(dataset.name)
-    if not resume:
-        runs.prepare_run_dir(run_dir, overwrite)
-    # Dropout's seed generators and the initial weights draw from the global seed. The model
-    # is built before the folder is made: a network too big for the images writes nothing.
-    runs.set_seed(config.train.seed)
-    model = compile_model(build_model(config.model, dataset.image_shape), config)
-    run_dir = run_dir if resume else runs.create_run_dir(run_dir, overwrite)
-    with runs.RunLock(run_dir), TrainTracking(mlflow) as tracking:  # MLflow: only when asked
-        opened = _open_run(source, config, dataset, run_dir, command, resume, started)
-        tracking.start(opened.config, opened.run_dir, opened.info)
-        fitted = time.perf_counter()
-        result = _fit_run(opened, model, verbose, tracking.callbacks, extra_callbacks or [])
-        timings["epochs"] = time.perf_counter() - fitted
-        return _finish_run(opened, model, result, timings)
+    shared = shared if shared is not None else runs.default_run_dir(dataset.name)
+    with dist.run_folder(shared, resume) as run_dir:  # the chief writes; others a temp copy
+        if not resume:
+            runs.prepare_run_dir(run_dir, overwrite)
+        # Dropout's seed generators and the initial weights draw from the global seed. The
+        # model is built before the folder is made: a network too big for the images writes
+        # nothing.
+        runs.set_seed(config.train.seed)
+        with dist.scope():
+            model = compile_model(build_model(config.model, dataset.image_shape), config)
+        run_dir = run_dir if resume else runs.create_run_dir(run_dir, overwrite)
+        # MLflow only when asked, and from the chief alone (one MLflow run per training)
+        tracked = TrainTracking(mlflow if dist.is_chief else None)
+        with runs.RunLock(run_dir), tracked as tracking:
+            opened = _open_run(source, config, dataset, run_dir, command, resume, started)
+            opened.info.update(dist.facts())  # in the final run.json; {} for one process
+            tracking.start(opened.config, opened.run_dir, opened.info)
+            fitted = time.perf_counter()
+            result = _fit_run(
+                opened, model, verbose, dist, tracking.callbacks, extra_callbacks or []
+            )
+            timings["epochs"] = time.perf_counter() - fitted
+            finished = _finish_run(opened, model, result, timings)
+            finished.run_dir = shared
+            return finished
 
 
 def _open_run(
@@ -266,10 +296,12 @@ def _fit_run(
     opened: OpenRun,
     model: keras.Model,
     verbose: bool,
+    dist: distribute.Single | Any = None,
     loggers: list[EpochCallback] | None = None,
     extra: list[EpochCallback] | None = None,
 ) -> FitResult:
     """Our loop over the run's data, from its backup if any, with a backup after every epoch."""
+    dist = dist if dist is not None else distribute.Single()
     config, dataset, state = opened.config, opened.dataset, opened.state
     weights = opened.info["class_weight"]
 
@@ -284,14 +316,16 @@ def _fit_run(
             seed=epoch_shuffle_seed(config.train.seed, epoch),
             weights=weights,
         )  # augmentation (off by default) on training batches only, seeded by (seed, epoch)
-        return augment.augment_dataset(batches, config.augment, config.train.seed, epoch)
+        batches = augment.augment_dataset(batches, config.augment, config.train.seed, epoch)
+        return dist.take_part(batches)  # a worker's rows of each global batch (l1cnn.distribute)
 
     val = dataset.splits["val"]
     data = FitData(train_batches, make_tf_dataset(val, PREDICT_CHUNK), val.labels)
     stopper = make_early_stopping(config)
     stateful = make_callbacks(config, model.optimizer, val.labels)
     if state is not None:  # weights, optimizer, dropout RNG, early stopping, callbacks
-        backup.restore(state, model, model.optimizer, stopper)
+        with dist.scope():  # the optimizer's variables are made (mirrored) here
+            backup.restore(state, model, model.optimizer, stopper)
         for callback in stateful:
             if callback.state_key in state.callbacks:
                 callback.set_state(state.callbacks[callback.state_key])
@@ -318,6 +352,7 @@ def _fit_run(
                 early_stopping=stopper,
                 callbacks=callbacks,
                 done=state.history if state is not None else None,
+                step_factory=dist.step_factory(),
             )
     finally:
         if board is not None:
