@@ -150,8 +150,6 @@ def _cluster_options(args: argparse.Namespace, strategy: str, out: str | None) -
 
 def _resume(args: argparse.Namespace) -> Any:
     """``train --resume RUN``: the TrainResult, or None when RUN had finished."""
-    from l1cnn.train import resume
-
     extra = [flag(k.split("__")[2]) for k in vars(args) if k.startswith("cfg__")]
     extra += [
         name
@@ -168,12 +166,14 @@ def _resume(args: argparse.Namespace) -> Any:
         raise ConfigError(
             f"--resume continues a run with its own data and config; drop {', '.join(extra)}"
         )
-    target = mlflow_target(args)
     from l1cnn.runs import CONFIG_FILE, read_run_config
 
     has_config = (Path(args.resume) / CONFIG_FILE).is_file()  # else resume() says what is wrong
     strategy = read_run_config(args.resume).train.strategy if has_config else "none"
-    cluster = _cluster_options(args, strategy, args.resume)
+    cluster = _cluster_options(args, strategy, args.resume)  # before TensorFlow is imported
+    target = mlflow_target(args)
+    from l1cnn.train import resume
+
     result = resume(args.resume, not args.quiet, args.command_line, mlflow=target, cluster=cluster)
     if result is None:
         from l1cnn.runs import RUN_FILE, read_json
@@ -197,8 +197,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ConfigError("train needs DATA ('digits', a .npz file or a folder), or --resume")
         config = config_from_args(args)
         check_data(args.data)
+        cluster = _cluster_options(args, config.train.strategy, args.out)  # before TensorFlow
         target = mlflow_target(args)
-        cluster = _cluster_options(args, config.train.strategy, args.out)
         from l1cnn.train import train
 
         result = train(
