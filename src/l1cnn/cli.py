@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import l1cnn.commands.cv  # noqa: F401  (loads commands.cv for BUILDERS)
+from l1cnn import commands
 from l1cnn.cli_args import (
     EXIT_BAD_INPUT,
     EXIT_INTERRUPTED,
@@ -626,6 +628,7 @@ BUILDERS = (
     add_study,
     add_report,
     add_compare,
+    commands.cv.add,
 )
 
 
