@@ -348,20 +348,21 @@ def _hold_out(
 ) -> tuple[Split, Split]:
     """Split off about ``fraction`` of ``split``: stratified, and by group when grouped.
 
-    By group, the held-out part is one fold of ``round(1 / fraction)`` stratified group folds.
+    By group, the held-out part is one fold of ``round(1 / fraction)`` stratified group folds
+    (of fewer when there are fewer groups: then one group, more than ``fraction``).
     """
     if groups is None:
         return _stratified(split, fraction, seed, what)
     from sklearn.model_selection import StratifiedGroupKFold
 
     group_of = _group_array(split, groups)
-    n_splits = max(2, int(round(1 / fraction)))
     n_groups = len(set(group_of))
-    if n_groups < n_splits:
+    if n_groups < 2:
         raise DataError(
-            f"too few groups ({n_groups}) to make a {what} split of {fraction:.0%} by group; "
+            f"too few groups ({n_groups}) to make a {what} split by group; "
             "add images or provide the split explicitly"
         )
+    n_splits = min(max(2, int(round(1 / fraction))), n_groups)
     strata = split.labels ^ split.labels[0]
     folds = StratifiedGroupKFold(n_splits, shuffle=True, random_state=seed)
     keep, held = next(folds.split(np.zeros(len(split)), strata, group_of))
