@@ -218,6 +218,19 @@ def sparsity(model: Any) -> dict[str, float]:
     return out
 
 
+def augment_text(config: Config) -> str:
+    """The augmentation of a config in short: ``"rotation=0.03 zoom=0.1"``, or ``"none"``."""
+    import dataclasses
+
+    default = type(config.augment)()
+    changed = [
+        f"{f.name}={getattr(config.augment, f.name)}".replace("=True", "")
+        for f in dataclasses.fields(config.augment)
+        if getattr(config.augment, f.name) != getattr(default, f.name)
+    ]
+    return " ".join(changed) or "none"
+
+
 def trial_row(trial: Trial, out: Path) -> dict[str, Any]:
     """One row of ``results.csv``, read back from a finished trial's run folder."""
     run_dir = trial.run_dir
@@ -231,6 +244,10 @@ def trial_row(trial: Trial, out: Path) -> dict[str, Any]:
         "dropout_rate": model_cfg.dropout_rate,
         "early_stopping": train_cfg.early_stopping,
         "epochs": train_cfg.epochs,
+        "image_size": runs.read_run_config(run_dir).data.image_size,  # resolved
+        "lr_schedule": train_cfg.lr_schedule,
+        "sampling": train_cfg.sampling,
+        "augment": augment_text(trial.config),
         "seed": trial.seed,
         "status": info.get("status"),
         "epochs_run": info.get("epochs_run"),
