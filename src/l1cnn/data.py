@@ -316,7 +316,8 @@ def image_groups(splits: dict[str, Split], config: DataConfig) -> dict[str, str]
             else:
                 groups[i] = match.group(1) if pattern.groups else match.group(0)
         if unmatched:
-            what = "no" if len(unmatched) == len(ids) else f"{len(unmatched)} of {len(ids)}"
+            matched = len(ids) - len(unmatched)
+            what = "no" if not matched else f"only {matched} of {len(ids)}"
             raise DataError(
                 f"group pattern '{config.group_pattern}' matches {what} file names: every "
                 f"image needs a group (not matched: {_listing(unmatched)})"
