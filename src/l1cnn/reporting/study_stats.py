@@ -338,5 +338,11 @@ def l1_series(table: list[ConfigStats], reference: str) -> list[ConfigStats]:
     if ref is None:
         return []
     keys = ("l1_mode", "dropout_rate", "early_stopping", "epochs")
-    same = [c for c in table if all(c.settings[k] == ref.settings[k] for k in keys)]
+    more = ("image_size", "lr_schedule", "sampling", "augment")  # absent in older results
+    same = [
+        c
+        for c in table
+        if all(c.settings[k] == ref.settings[k] for k in keys)
+        and all(c.settings.get(k) == ref.settings.get(k) for k in more)
+    ]
     return sorted(same, key=lambda c: c.settings["l1_lambda"])
