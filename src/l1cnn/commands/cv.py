@@ -24,7 +24,7 @@ def add(sub: Subparsers) -> None:
             "--groups FILE.csv or --group-pattern REGEX, so one patient's images never span "
             "folds), train one run per fold (OUT/folds/fold-<i>, tested on its held-out fold; "
             "the data's own test split stays out), and write results.csv, "
-            "oof_predictions.csv, the mean and 95%% interval of every metric (cv.json, "
+            "oof_predictions.csv, the mean and 95% interval of every metric (cv.json, "
             "summary.md) and cv.html. Rerunning the same command skips finished folds."
         ),
     )
