@@ -219,6 +219,7 @@ def write_cv_report(
         "",
         md_table(fold_rows[0], fold_rows[1:]),
         "",
+        *([f"![{FOLDS_PLOT}]({FOLDS_PLOT})", ""] if rows else []),
     ]
     written.append(write_file(out / SUMMARY_FILE, "\n".join(md)))
     return written
