@@ -175,3 +175,18 @@ def test_cv_end_to_end_on_digits_resumes_and_summarizes(tmp_path: Path) -> None:
     assert main(argv) == 0  # rerun: every fold kept
     assert (out / "folds" / "fold-2" / "model.keras").stat().st_mtime_ns == before
     assert read_csv(out / "results.csv") == rows
+
+
+def test_train_with_a_group_pattern_records_a_grouped_split(patients: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    argv = ["train", str(patients), "--out", str(out), "--group-pattern", r"img_(\d\d)"]
+    argv += ["--conv-filters", "2,2", "--dense-units", "4", "--epochs", "1", "--tensorboard=false"]
+    argv += ["--val-fraction", "0.2", "--test-fraction", "0.2"]
+    assert main(argv) == 0
+    split = read_json(out / "split.json")
+    groups = [{_patient(i) for i in split[n]} for n in ("train", "val", "test")]
+    assert all(groups) and not (
+        groups[0] & groups[1] or groups[0] & groups[2] or groups[1] & groups[2]
+    )
+    assert read_json(out / "data.json")["split_origin"]["test"] == "grouped"
+    assert 'group_pattern = "img_(\\\\d\\\\d)"' in (out / "config.toml").read_text()
