@@ -435,3 +435,45 @@ def test_ctrl_c_stops_the_study_keeps_finished_trials_and_summarizes_them(
     rows = read_csv(out / "results.csv")
     assert [r["configuration"] for r in rows] == ["quick"]
     assert "Finished trials: 1 of 2." in (out / "summary.md").read_text()
+
+
+def test_trials_keep_their_augment_schedule_and_image_size(tmp_path: Path) -> None:
+    """Grid entries that change only [augment], [data] or a train key stay trials of their own."""
+    grid_file = tmp_path / "grid.toml"
+    grid_file.write_text(
+        '[[trial]]\nname = "base"\n\n[[trial]]\nname = "aug"\nrotation = 0.05\n'
+        "horizontal_flip = true\n"
+        '\n[[trial]]\nname = "big"\nimage_size = 96\n\n[[trial]]\nname = "plateau"\n'
+        'lr_schedule = "plateau"\n'
+    )
+    base = cfg.Config()
+    trials, reference = study.plan_trials(
+        base, study.preset_grid(str(grid_file), base), 1, 5, tmp_path
+    )
+    by_name = {t.name: t.config for t in trials}
+    assert reference == "base" and list(by_name) == ["base", "aug", "big", "plateau"]
+    assert by_name["aug"].augment.rotation == 0.05 and by_name["aug"].augment.horizontal_flip
+    assert by_name["base"].augment == cfg.AugmentConfig()
+    assert by_name["big"].data.image_size == 96 and by_name["base"].data.image_size is None
+    assert by_name["plateau"].train.lr_schedule == "plateau"
+    assert study.augment_text(by_name["aug"]) == "horizontal_flip rotation=0.05"
+    from l1cnn.reporting.study_stats import describe_change
+
+    def settings(name: str) -> dict:
+        c = by_name[name]
+        return {
+            "l1_lambda": 0.01,
+            "l1_mode": "penalty",
+            "dropout_rate": 0.5,
+            "early_stopping": True,
+            "epochs": 100,
+            "image_size": str(c.data.image_size or ""),
+            "lr_schedule": c.train.lr_schedule,
+            "sampling": "none",
+            "augment": study.augment_text(c),
+        }
+
+    assert describe_change(settings("aug"), settings("base")) == (
+        "augment: horizontal_flip rotation=0.05"
+    )
+    assert describe_change(settings("big"), settings("base")) == "image_size=96"

@@ -38,7 +38,7 @@ from l1cnn.cli_args import (
     mlflow_target,
     warn_skipped,
 )
-from l1cnn.commands import calibrate, tune
+from l1cnn.commands import calibrate, cv, tune
 from l1cnn.config import (
     ExportOptions,
     PruneOptions,
@@ -774,6 +774,7 @@ BUILDERS = (
     add_compare,
     calibrate.add,
     tune.add,
+    cv.add,
 )
 
 

@@ -124,6 +124,29 @@ class DataConfig:
         "this many MB, so epochs do not decode again (0: decode every epoch)",
         metavar="MB",
     )
+    # ---- grouped splits and cross-validation folds (l1cnn.data, l1cnn.cv) ----
+    groups: str | None = _opt(
+        help="CSV of image id,group (id as in split.json): a group never spans two splits/folds",
+        none="none",
+        metavar="FILE",
+    )
+    group_pattern: str | None = _opt(
+        help="regex on file names; its first group (else the match) is the image's group, "
+        r"e.g. 'patient(\d+)'",
+        none="none",
+        metavar="REGEX",
+    )
+    folds: int | None = _opt(
+        help="cross-validation: K stratified folds over train+val (the test split stays out)",
+        none="none",
+        metavar="K",
+    )
+    fold: int | None = _opt(
+        help="cross-validation: train on the other folds and test on fold I (1..K)",
+        none="none",
+        metavar="I",
+    )
+    # ---- end grouped splits and folds ----
 
 
 @dataclass(frozen=True)
@@ -402,6 +425,7 @@ def _check_ranges(config: Config) -> None:
         "plus data.val_fraction must leave at least 10% for training",
         d.val_fraction + d.test_fraction,
     )
+    _check_grouping(d)
     need(
         all(f >= 1 for f in m.conv_filters),
         "model.conv_filters",
@@ -454,6 +478,27 @@ def _check_ranges(config: Config) -> None:
         value = getattr(a, key)
         need(0 <= value < 1, f"augment.{key}", "must be in [0, 1)", value)
     need(0 <= a.brightness <= 1, "augment.brightness", "must be in [0, 1]", a.brightness)
+
+
+def _check_grouping(d: DataConfig) -> None:
+    """Refuse contradictory grouping or fold keys (l1cnn.data checks them against the data)."""
+    import re
+
+    if d.groups is not None and d.group_pattern is not None:
+        raise ConfigError("give data.groups or data.group_pattern, not both")
+    if d.group_pattern is not None:
+        try:
+            re.compile(d.group_pattern)
+        except re.error as exc:
+            raise ConfigError(
+                f"config key 'data.group_pattern' is not a valid regular expression: {exc}"
+            ) from None
+    if d.folds is not None and d.folds < 2:
+        raise ConfigError(f"config key 'data.folds' (--folds) must be >= 2, got {d.folds}")
+    if d.fold is not None and d.folds is None:
+        raise ConfigError("config key 'data.fold' needs data.folds (the number of folds)")
+    if d.folds is not None and d.fold is not None and not 1 <= d.fold <= d.folds:
+        raise ConfigError(f"config key 'data.fold' must be in 1..{d.folds}, got {d.fold}")
 
 
 def config_from_dict(raw: dict[str, Any], base: Config | None = None) -> Config:

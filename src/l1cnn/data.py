@@ -206,11 +206,21 @@ def _stratified(split: Split, fraction: float, seed: int, what: str) -> tuple[Sp
 def make_splits(
     given: dict[str, Split], config: DataConfig, seed: int, make_missing: bool = True
 ) -> tuple[dict[str, Split], dict[str, str]]:
-    """Use the given splits; make missing val/test splits by stratified splitting of train."""
-    train = given["train"]
+    """Use the given splits; make missing val/test splits by stratified splitting of train.
+
+    With ``config.groups`` or ``config.group_pattern`` the splits are made by group (one group
+    never spans two splits, checked for the given splits too); with ``config.fold`` the splits
+    are one cross-validation fold (:func:`fold_splits`).
+    """
     origin = {name: "given" for name in given}
     if not make_missing:
         return dict(given), origin
+    groups = image_groups(given, config)
+    if groups is not None:
+        check_groups_apart(given, groups, "given")
+    if config.folds is not None:
+        return fold_splits(given, config, seed, groups)
+    train = given["train"]
     test = given.get("test")
     val = given.get("val")
     if test is None:
@@ -219,15 +229,193 @@ def make_splits(
             if val is None
             else config.test_fraction / (1 - config.val_fraction)
         )
-        train, test = _stratified(train, share, seed, "test")
-        origin["test"] = "stratified"
+        train, test = _hold_out(train, share, seed, "test", groups)
+        origin["test"] = "stratified" if groups is None else "grouped"
     if val is None:
         share = config.val_fraction / (1 - config.test_fraction)
-        train, val = _stratified(train, share, seed + 1, "validation")
-        origin["val"] = "stratified"
-    if "stratified" in (origin["val"], origin["test"]):
+        train, val = _hold_out(train, share, seed + 1, "validation", groups)
+        origin["val"] = "stratified" if groups is None else "grouped"
+    if origin["val"] != "given" or origin["test"] != "given":
         origin["train"] = "remainder"
     return {"train": train, "val": val, "test": test}, origin
+
+
+# ------------------------------------------------------------ groups and cross-validation
+
+
+def _group_name(image_id: str) -> str:
+    """The file name of an image id (``train/ants/x.jpg`` -> ``x.jpg``; ``train:3`` as is)."""
+    return image_id.rsplit("/", 1)[-1]
+
+
+def _read_groups_file(path: Path) -> dict[str, str]:
+    """``id -> group`` from a CSV of ``id,group`` rows (an ``id,group`` header is allowed)."""
+    import csv
+
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
+    except FileNotFoundError:
+        raise DataError(f"groups file '{path}' does not exist") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"groups file '{path}' cannot be read: {first_line(exc)}") from None
+    if rows and [c.strip().lower() for c in rows[0]][1:2] == ["group"]:
+        rows = rows[1:]  # header
+    mapping: dict[str, str] = {}
+    for line, row in enumerate(rows, start=1):
+        if len(row) != 2 or not row[0].strip() or not row[1].strip():
+            raise DataError(
+                f"groups file '{path}': row {line} must be 'image id,group', got {row!r}"
+            )
+        key = row[0].strip().replace("\\", "/").removeprefix("./")
+        if mapping.setdefault(key, row[1].strip()) != row[1].strip():
+            raise DataError(f"groups file '{path}': image '{key}' is given two groups")
+    if not mapping:
+        raise DataError(f"groups file '{path}' holds no 'image id,group' rows")
+    return mapping
+
+
+def _listing(names: list[str]) -> str:
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
+def image_groups(splits: dict[str, Split], config: DataConfig) -> dict[str, str] | None:
+    """Each image's group (``id -> group``), from ``config.groups`` or ``config.group_pattern``.
+
+    Returns None when neither is set. Raises DataError when the groups file misses images or
+    names unknown ones, or when the pattern does not match every file name.
+    """
+    ids = [i for split in splits.values() for i in split.ids]
+    if config.groups is not None:
+        path = Path(config.groups)
+        mapping = _read_groups_file(path)
+        missing = [i for i in ids if i not in mapping]
+        if missing:
+            raise DataError(
+                f"groups file '{path}' misses {len(missing)} of {len(ids)} images "
+                f"({_listing(missing)}); ids are as in split.json, e.g. '{ids[0]}'"
+            )
+        known = set(ids)
+        unknown = [k for k in mapping if k not in known]
+        if unknown:
+            raise DataError(
+                f"groups file '{path}' names {len(unknown)} image(s) not in the data "
+                f"({_listing(unknown)}); ids are as in split.json, e.g. '{ids[0]}'"
+            )
+        return {i: mapping[i] for i in ids}
+    if config.group_pattern is not None:
+        import re
+
+        pattern = re.compile(config.group_pattern)
+        groups: dict[str, str] = {}
+        unmatched = []
+        for i in ids:
+            match = pattern.search(_group_name(i))
+            if match is None:
+                unmatched.append(_group_name(i))
+            else:
+                groups[i] = match.group(1) if pattern.groups else match.group(0)
+        if unmatched:
+            matched = len(ids) - len(unmatched)
+            what = "no" if not matched else f"only {matched} of {len(ids)}"
+            raise DataError(
+                f"group pattern '{config.group_pattern}' matches {what} file names: every "
+                f"image needs a group (not matched: {_listing(unmatched)})"
+            )
+        return groups
+    return None
+
+
+def check_groups_apart(splits: dict[str, Split], groups: dict[str, str], what: str) -> None:
+    """Refuse a group whose images lie in two splits (a leak from training into evaluation)."""
+    seen: dict[str, str] = {}
+    for name, split in splits.items():
+        for image_id in split.ids:
+            first = seen.setdefault(groups[image_id], name)
+            if first != name:
+                raise DataError(
+                    f"group '{groups[image_id]}' has images in both the {first} and the {name} "
+                    f"split ({what} splits), e.g. '{image_id}'; regroup, or give the data "
+                    "without its own val/test folders so the splits are made by group"
+                )
+
+
+def _group_array(split: Split, groups: dict[str, str]) -> np.ndarray:
+    return np.array([groups[i] for i in split.ids], dtype=object)
+
+
+def _hold_out(
+    split: Split, fraction: float, seed: int, what: str, groups: dict[str, str] | None
+) -> tuple[Split, Split]:
+    """Split off about ``fraction`` of ``split``: stratified, and by group when grouped.
+
+    By group, the held-out part is one fold of ``round(1 / fraction)`` stratified group folds
+    (of fewer when there are fewer groups: then one group, more than ``fraction``).
+    """
+    if groups is None:
+        return _stratified(split, fraction, seed, what)
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    group_of = _group_array(split, groups)
+    n_groups = len(set(group_of))
+    if n_groups < 2:
+        raise DataError(
+            f"too few groups ({n_groups}) to make a {what} split by group; "
+            "add images or provide the split explicitly"
+        )
+    n_splits = min(max(2, int(round(1 / fraction))), n_groups)
+    strata = split.labels ^ split.labels[0]
+    folds = StratifiedGroupKFold(n_splits, shuffle=True, random_state=seed)
+    keep, held = next(folds.split(np.zeros(len(split)), strata, group_of))
+    if len(held) < 2 or len(keep) < 2:
+        raise DataError(f"too few images to make a {what} split by group")
+    return split.take(np.sort(keep)), split.take(np.sort(held))
+
+
+def fold_splits(
+    given: dict[str, Split], config: DataConfig, seed: int, groups: dict[str, str] | None
+) -> tuple[dict[str, Split], dict[str, str]]:
+    """One cross-validation fold: its test split is fold ``config.fold`` of train+val.
+
+    The folds are stratified (and grouped when ``groups``), shuffled by ``seed``, the same for
+    every fold. The source's own test split, if any, stays out of cross-validation entirely.
+    The fold's validation split (early stopping, threshold) is held out of the other folds.
+    """
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+    k = int(config.folds)  # type: ignore[arg-type]
+    if config.fold is None:
+        raise DataError("data.folds needs data.fold (1..K) for one run; `l1cnn cv` runs them all")
+    pool = concat_splits([given[n] for n in ("train", "val") if n in given])
+    strata = pool.labels ^ pool.labels[0]
+    if groups is None:
+        smallest = int(np.bincount(pool.labels, minlength=2).min())
+        unit = "images"
+    else:
+        group_of = _group_array(pool, groups)
+        smallest = min(len(set(group_of[pool.labels == c])) for c in (0, 1))
+        unit = "groups"
+    if k > smallest:
+        raise DataError(
+            f"--folds {k} is more than the smaller class has {unit} ({smallest}) in train+val; "
+            f"use --folds {smallest} or fewer"
+        )
+    if groups is None:
+        folds = StratifiedKFold(k, shuffle=True, random_state=seed).split(pool.labels, strata)
+    else:
+        splitter = StratifiedGroupKFold(k, shuffle=True, random_state=seed)
+        folds = splitter.split(np.zeros(len(pool)), strata, group_of)
+    rest_index, held_index = list(folds)[config.fold - 1]
+    rest, held = pool.take(np.sort(rest_index)), pool.take(np.sort(held_index))
+    train, val = _hold_out(rest, config.val_fraction, seed + 1, "validation", groups)
+    origin = {
+        "train": f"folds other than {config.fold}/{k}",
+        "val": f"held out of the other folds{' by group' if groups else ''}",
+        "test": f"fold {config.fold} of {k}{' (grouped)' if groups else ''}",
+    }
+    if "test" in given:
+        origin["test"] += f"; the source's own test split ({len(given['test'])} images) left out"
+    return {"train": train, "val": val, "test": held}, origin
 
 
 def _check_labels(labels: np.ndarray, where: str, need_both: bool) -> np.ndarray:

@@ -153,19 +153,21 @@ def plan_trials(
     if fixed_epochs < 1:
         raise ConfigError(f"--epochs-without-early-stopping must be >= 1, got {fixed_epochs}")
     seeds = [base.train.seed + i for i in range(n_seeds)]
-    reference_key = (base.model, base.train)
-    names: dict[tuple[Any, Any], str] = {}
+    # A trial is its whole config (seed aside): data (image size), model, train and augment.
+    reference_key = (base.data, base.model, base.train, base.augment)
+    names: dict[tuple[Any, ...], str] = {}
     for entry in grid:
         config = trial_config(base, entry, fixed_epochs, base.train.seed)
-        if entry.name in names.values() and (config.model, config.train) not in names:
+        key = (config.data, config.model, config.train, config.augment)
+        if entry.name in names.values() and key not in names:
             raise ConfigError(f"two different trials are named '{entry.name}'")
-        names.setdefault((config.model, config.train), entry.name)
+        names.setdefault(key, entry.name)
     if reference_key not in names:
         names = {reference_key: "specified", **names}
     trials = []
-    for (model, train_cfg), name in names.items():
+    for (data_cfg, model, train_cfg, augment), name in names.items():
         config = config_from_dict(
-            {}, base=Config(data=base.data, model=model, train=train_cfg, augment=base.augment)
+            {}, base=Config(data=data_cfg, model=model, train=train_cfg, augment=augment)
         )
         for seed in seeds:
             config_seed = config_from_dict({"train": {"seed": seed}}, base=config)
@@ -186,7 +188,8 @@ def is_finished(trial: Trial) -> bool:
     except (OSError, ValueError, L1CNNError):
         return False
     return (
-        saved.model == trial.config.model
+        trial.config.data.image_size in (None, saved.data.image_size)  # saved: resolved
+        and saved.model == trial.config.model
         and saved.train == trial.config.train
         and saved.augment == trial.config.augment
     )
@@ -215,6 +218,19 @@ def sparsity(model: Any) -> dict[str, float]:
     return out
 
 
+def augment_text(config: Config) -> str:
+    """The augmentation of a config in short: ``"rotation=0.03 zoom=0.1"``, or ``"none"``."""
+    import dataclasses
+
+    default = type(config.augment)()
+    changed = [
+        f"{f.name}={getattr(config.augment, f.name)}".replace("=True", "")
+        for f in dataclasses.fields(config.augment)
+        if getattr(config.augment, f.name) != getattr(default, f.name)
+    ]
+    return " ".join(changed) or "none"
+
+
 def trial_row(trial: Trial, out: Path) -> dict[str, Any]:
     """One row of ``results.csv``, read back from a finished trial's run folder."""
     run_dir = trial.run_dir
@@ -228,6 +244,10 @@ def trial_row(trial: Trial, out: Path) -> dict[str, Any]:
         "dropout_rate": model_cfg.dropout_rate,
         "early_stopping": train_cfg.early_stopping,
         "epochs": train_cfg.epochs,
+        "image_size": runs.read_run_config(run_dir).data.image_size,  # resolved
+        "lr_schedule": train_cfg.lr_schedule,
+        "sampling": train_cfg.sampling,
+        "augment": augment_text(trial.config),
         "seed": trial.seed,
         "status": info.get("status"),
         "epochs_run": info.get("epochs_run"),

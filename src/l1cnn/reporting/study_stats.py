@@ -62,6 +62,11 @@ def settings_of(row: dict[str, Any]) -> dict[str, Any]:
         "dropout_rate": float(row["dropout_rate"]),
         "early_stopping": _truthy(row["early_stopping"]),
         "epochs": int(float(row["epochs"])),
+        # Absent from results of older studies: then the defaults, which they all used.
+        "image_size": str(row.get("image_size") or ""),
+        "lr_schedule": str(row.get("lr_schedule") or "constant"),
+        "sampling": str(row.get("sampling") or "none"),
+        "augment": str(row.get("augment") or "none"),
     }
 
 
@@ -135,6 +140,11 @@ def describe_change(settings: dict[str, Any], reference: dict[str, Any]) -> str:
         )
     elif settings["epochs"] != reference["epochs"]:
         parts.append(f"epochs={settings['epochs']}")
+    for key in ("image_size", "lr_schedule", "sampling"):
+        if settings.get(key) != reference.get(key):
+            parts.append(f"{key}={settings[key]}")
+    if settings.get("augment") != reference.get("augment"):
+        parts.append(f"augment: {settings['augment']}")
     return ", ".join(parts) or "same settings"
 
 
@@ -154,6 +164,11 @@ def _removed_technique(settings: dict[str, Any], reference: dict[str, Any]) -> s
     elif settings["early_stopping"] != reference["early_stopping"]:
         return None
     if settings["l1_mode"] != reference["l1_mode"]:
+        return None
+    if any(
+        settings.get(k) != reference.get(k)
+        for k in ("image_size", "lr_schedule", "sampling", "augment")
+    ):
         return None
     return off[0] if len(off) == 1 else None
 
@@ -323,5 +338,11 @@ def l1_series(table: list[ConfigStats], reference: str) -> list[ConfigStats]:
     if ref is None:
         return []
     keys = ("l1_mode", "dropout_rate", "early_stopping", "epochs")
-    same = [c for c in table if all(c.settings[k] == ref.settings[k] for k in keys)]
+    more = ("image_size", "lr_schedule", "sampling", "augment")  # absent in older results
+    same = [
+        c
+        for c in table
+        if all(c.settings[k] == ref.settings[k] for k in keys)
+        and all(c.settings.get(k) == ref.settings.get(k) for k in more)
+    ]
     return sorted(same, key=lambda c: c.settings["l1_lambda"])
