@@ -423,9 +423,11 @@ def test_ctrl_c_stops_the_study_keeps_finished_trials_and_summarizes_them(
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     long_run = out / "trials" / "long" / "seed-7"
     deadline = time.time() + 120
-    while not (long_run / "run.json").exists() and time.time() < deadline:
+    # wait until the long trial has finished an epoch (its backup exists): the signal then
+    # lands inside its training, whatever the machine's load
+    while not (long_run / "backup.npz").exists() and time.time() < deadline:
         time.sleep(0.2)
-    time.sleep(4)  # inside the long trial's epochs
+    time.sleep(1)
     proc.send_signal(signal.SIGINT)
     _stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr.decode()

@@ -21,7 +21,7 @@ from typing import Any
 
 from l1cnn import runs, stats, study
 from l1cnn.config import Config, config_from_dict
-from l1cnn.errors import ConfigError, L1CNNError, RunError
+from l1cnn.errors import ConfigError, L1CNNError
 
 DEFAULT_FOLDS = 5
 FOLDS_DIR = "folds"
@@ -179,27 +179,6 @@ def _finite(value: float) -> float | None:
     return None if value != value else value
 
 
-def _open_cv_folder(out: Path, source: str | Path, fingerprint: str) -> None:
-    """Make ``out/folds``; refuse a file there or a folder holding cross-validation of other
-    data (or other folds)."""
-    if out.exists() and not out.is_dir():
-        raise RunError(f"cv folder '{out}' exists and is not a folder")
-    if (out / CV_FILE).exists():
-        try:
-            before = runs.read_json(out / CV_FILE).get("fingerprint")
-        except (OSError, ValueError):
-            before = None
-        if before is not None and before != fingerprint:
-            raise RunError(
-                f"cv folder '{out}' holds cross-validation of other data than '{source}'; "
-                "use another --out"
-            )
-    try:
-        (out / FOLDS_DIR).mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise RunError(f"cv folder '{out}' cannot be created: {exc.strerror}") from None
-
-
 def run_cv(
     source: str | Path,
     base: Config,
@@ -238,7 +217,9 @@ def run_cv(
     # that matches nothing fails here. The fingerprint of the fold covers all of train+val.
     data = load_data(source, folds[0].config.data, base.train.seed)
     fingerprint = data.fingerprint()
-    _open_cv_folder(out, source, fingerprint)
+    study.open_results_folder(
+        out, source, fingerprint, CV_FILE, FOLDS_DIR, "cv", "cross-validation"
+    )
     k = len(folds)
     d = base.data
     runs.write_json(
@@ -265,7 +246,7 @@ def run_cv(
             on_progress({"done": k - len(todo), "total": k, "trial": None})
         holder = study.StudyResult(out, [], "")
         try:
-            study._train_all(str(source), trials, jobs, holder, on_progress, k, command or [])
+            study.train_trials(str(source), trials, jobs, holder, on_progress, k, command or [])
         except KeyboardInterrupt:
             result.trained = holder.trained
             finish(folds, result)

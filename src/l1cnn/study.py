@@ -323,24 +323,33 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def _open_study_folder(out: Path, source: str | Path, fingerprint: str) -> None:
-    """Make ``out/trials``; refuse a file there or a folder holding a study of other data."""
+def open_results_folder(
+    out: Path,
+    source: str | Path,
+    fingerprint: str,
+    record: str = STUDY_FILE,
+    runs_dir: str = TRIALS_DIR,
+    what: str = "study",
+    holds: str = "a study",
+) -> None:
+    """Make ``out/<runs_dir>``; refuse a file there, or a folder whose ``record`` names other
+    data (a study's trials, a cross-validation's folds: rerunning continues only the same)."""
     if out.exists() and not out.is_dir():
-        raise RunError(f"study folder '{out}' exists and is not a folder")
-    if (out / STUDY_FILE).exists():
+        raise RunError(f"{what} folder '{out}' exists and is not a folder")
+    if (out / record).exists():
         try:
-            before = runs.read_json(out / STUDY_FILE).get("fingerprint")
+            before = runs.read_json(out / record).get("fingerprint")
         except (OSError, ValueError):
             before = None
         if before is not None and before != fingerprint:
             raise RunError(
-                f"study folder '{out}' holds a study of other data than '{source}'; "
+                f"{what} folder '{out}' holds {holds} of other data than '{source}'; "
                 "use another --out"
             )
     try:
-        (out / TRIALS_DIR).mkdir(parents=True, exist_ok=True)
+        (out / runs_dir).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise RunError(f"study folder '{out}' cannot be created: {exc.strerror}") from None
+        raise RunError(f"{what} folder '{out}' cannot be created: {exc.strerror}") from None
 
 
 def run_study(
@@ -388,7 +397,7 @@ def run_study(
     trials, reference = plan_trials(base, grid, n_seeds, fixed_epochs, out)
     # Fail on bad data before any folder is made; the fingerprint ties the folder to its data.
     fingerprint = load_data(source, base.data, base.train.seed).fingerprint()
-    _open_study_folder(out, source, fingerprint)
+    open_results_folder(out, source, fingerprint)
     runs.write_json(
         out / STUDY_FILE,
         {
@@ -411,7 +420,7 @@ def run_study(
         if on_progress is not None:
             on_progress({"done": len(trials) - len(todo), "total": len(trials), "trial": None})
         try:
-            _train_all(str(source), todo, jobs, result, on_progress, len(trials), command or [])
+            train_trials(str(source), todo, jobs, result, on_progress, len(trials), command or [])
         except KeyboardInterrupt:
             # Keep what finished: the report of the finished trials, then stop as asked.
             result.rows = collect_rows(trials, out, result)
@@ -460,7 +469,7 @@ def collect_rows(trials: list[Trial], out: Path, result: StudyResult) -> list[di
     return rows
 
 
-def _train_all(
+def train_trials(
     source: str,
     todo: list[Trial],
     jobs: int,
