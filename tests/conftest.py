@@ -122,3 +122,14 @@ def unprivileged() -> Iterator[None]:
     finally:
         os.seteuid(0)
         os.setegid(0)
+
+
+def interruptible() -> None:
+    """``preexec_fn`` for a child that a test stops with SIGINT: restore its default handler.
+
+    A shell that runs the suite in the background (``make test &``) starts it with SIGINT
+    ignored, and children inherit that, so Python would never raise KeyboardInterrupt there.
+    """
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import interruptible
 
 from l1cnn.cli import main
 from l1cnn.errors import ConfigError
@@ -482,6 +483,7 @@ def test_ctrl_c_stops_the_server_cleanly(trained_run):
         [sys.executable, "-m", "l1cnn.cli", "serve", str(trained_run), "--port", str(port)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        preexec_fn=interruptible,
     )
     try:
         deadline = time.monotonic() + 90

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_images, tiny_config
+from conftest import interruptible, make_images, tiny_config
 
 from l1cnn import config as cfg
 from l1cnn import study, train
@@ -420,7 +420,9 @@ def test_ctrl_c_stops_the_study_keeps_finished_trials_and_summarizes_them(
         str(out),
         *TINY_SET,
     ]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=interruptible
+    )
     long_run = out / "trials" / "long" / "seed-7"
     deadline = time.time() + 120
     # wait until the long trial has finished an epoch (its backup exists): the signal then

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_images, tiny_config
+from conftest import interruptible, make_images, tiny_config
 
 from l1cnn import load_run, train
 from l1cnn.errors import RunError
@@ -209,7 +209,9 @@ def test_ctrl_c_leaves_a_usable_run(xy_npz: Path, tmp_path: Path) -> None:
         "16",
         "--quiet",
     ]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=interruptible
+    )
     deadline = time.time() + 120
     # wait until an epoch has finished (its backup exists), so the signal lands in training
     while not (out / "backup.npz").exists() and time.time() < deadline:
